@@ -1,0 +1,86 @@
+#include "worker/engine/model_loader.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <vector>
+
+#include "common/status_macros.h"
+#include "worker/engine/json_util.h"
+
+namespace sdfarm::engine {
+namespace fs = std::filesystem;
+namespace {
+
+std::string SamplerFromClassName(const std::string& cls, bool karras) {
+  if (cls == "DDIMScheduler") return "ddim";
+  if (cls == "EulerDiscreteScheduler") return "euler";
+  if (cls == "EulerAncestralDiscreteScheduler") return "euler_a";
+  if (cls == "LMSDiscreteScheduler") return "lms";
+  if (cls == "DPMSolverMultistepScheduler") return karras ? "dpmpp_2m_karras" : "dpmpp_2m";
+  if (cls == "DDPMScheduler") return "ddpm";
+  return "pndm";  // PNDMScheduler, the SD 1.x default, and anything we do not know
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::string& dir_in,
+                                                                   const at::Device& device, at::ScalarType dtype) {
+  const auto start = std::chrono::steady_clock::now();
+  std::string dir = dir_in;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (!fs::is_directory(dir)) return NotFoundError("model folder " + dir + " does not exist");
+  if (!fs::exists(dir + "/model_index.json")) {
+    return InvalidArgumentError(dir + " is not a diffusers pipeline folder (no model_index.json)");
+  }
+  ASSIGN_OR_RETURN(nlohmann::json index, ReadJsonFile(dir + "/model_index.json"));
+  for (const char* part : {"text_encoder", "tokenizer", "unet", "vae", "scheduler"}) {
+    if (!fs::is_directory(dir + "/" + part)) {
+      return InvalidArgumentError(dir + ": missing the " + std::string(part) + "/ folder");
+    }
+  }
+  auto m = std::make_unique<StableDiffusionModel>();
+  m->dir = dir;
+  m->name = fs::path(dir).filename().string();
+  m->device = device;
+  m->dtype = dtype;
+
+  ASSIGN_OR_RETURN(ClipTokenizer tok, ClipTokenizer::Load(dir + "/tokenizer"));
+  m->tokenizer = std::make_unique<ClipTokenizer>(std::move(tok));
+  ASSIGN_OR_RETURN(m->text_encoder, LoadTextEncoder(dir + "/text_encoder", device, dtype));
+  ASSIGN_OR_RETURN(m->unet, LoadUNet(dir + "/unet", device, dtype));
+
+  ASSIGN_OR_RETURN(nlohmann::json vae_json, ReadJsonFile(dir + "/vae/config.json"));
+  ASSIGN_OR_RETURN(VaeConfig vae_config, VaeConfig::FromJson(vae_json, dir + "/vae/config.json"));
+  m->vae_dtype = (dtype == at::kHalf && vae_config.force_upcast) ? at::kFloat : dtype;
+  ASSIGN_OR_RETURN(m->vae, LoadVae(dir + "/vae", device, m->vae_dtype));
+
+  const std::string sched_path = dir + "/scheduler/scheduler_config.json";
+  ASSIGN_OR_RETURN(m->scheduler_config, SchedulerConfig::FromFile(sched_path));
+  ASSIGN_OR_RETURN(nlohmann::json sched_json, ReadJsonFile(sched_path));
+  m->default_sampler = SamplerFromClassName(sched_json.value("_class_name", std::string()),
+                                            sched_json.value("use_karras_sigmas", false));
+
+  if (m->text_encoder->config().hidden_size != m->unet->config().cross_attention_dim.front()) {
+    return InvalidArgumentError(dir + ": text encoder width " + std::to_string(m->text_encoder->config().hidden_size) +
+                                " does not match the UNet's cross_attention_dim " +
+                                std::to_string(m->unet->config().cross_attention_dim.front()));
+  }
+  if (m->vae->config().latent_channels != m->unet->config().out_channels) {
+    return InvalidArgumentError(dir + ": VAE latent_channels does not match the UNet's out_channels");
+  }
+
+  uint64_t h = 0;
+  for (const auto& [part, base] : std::vector<std::pair<std::string, std::string>>{
+           {"text_encoder", "model"}, {"unet", "diffusion_pytorch_model"}, {"vae", "diffusion_pytorch_model"}}) {
+    ASSIGN_OR_RETURN(std::string file, FindWeightsFile(dir + "/" + part, base, dtype == at::kHalf ? "fp16" : ""));
+    ASSIGN_OR_RETURN(h, HashFile(file, h));
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  m->hash = std::string(hex, 10);
+  m->load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return m;
+}
+
+}  // namespace sdfarm::engine

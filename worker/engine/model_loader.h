@@ -1,0 +1,50 @@
+// Loading a whole Stable Diffusion pipeline folder in the diffusers layout:
+//
+//   model_index.json
+//   text_encoder/config.json  model.safetensors
+//   tokenizer/vocab.json merges.txt tokenizer_config.json special_tokens_map.json
+//   unet/config.json          diffusion_pytorch_model.safetensors
+//   vae/config.json           diffusion_pytorch_model.safetensors
+//   scheduler/scheduler_config.json
+//
+// The networks load through component_loader.h; this adds the tokenizer, the
+// scheduler config, cross-checks between the parts and the model hash.
+#ifndef SDFARM_WORKER_ENGINE_MODEL_LOADER_H_
+#define SDFARM_WORKER_ENGINE_MODEL_LOADER_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+#include "worker/engine/clip_tokenizer.h"
+#include "worker/engine/component_loader.h"
+#include "worker/engine/scheduler_config.h"
+#include "worker/engine/text_encoder.h"
+#include "worker/engine/unet.h"
+#include "worker/engine/vae.h"
+
+namespace sdfarm::engine {
+
+struct StableDiffusionModel {
+  std::string dir;
+  std::string name;            // folder name, e.g. "stable-diffusion-v1-5"
+  std::string hash;            // 10 hex digits over every weight file's bytes
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;        // UNet and text encoder
+  at::ScalarType vae_dtype = at::kFloat;    // float32 when force_upcast and dtype is fp16
+  std::unique_ptr<ClipTokenizer> tokenizer;
+  std::unique_ptr<ClipTextModel> text_encoder;
+  std::unique_ptr<UNet> unet;
+  std::unique_ptr<Vae> vae;
+  SchedulerConfig scheduler_config;
+  std::string default_sampler;  // from scheduler/scheduler_config.json's _class_name, e.g. "pndm"
+  double load_seconds = 0;
+};
+
+StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::string& dir, const at::Device& device,
+                                                                   at::ScalarType dtype);
+
+}  // namespace sdfarm::engine
+
+#endif  // SDFARM_WORKER_ENGINE_MODEL_LOADER_H_
