@@ -1,0 +1,427 @@
+// Engine: loading, request validation and the diffusers pipelines
+// (StableDiffusionPipeline, ...Img2ImgPipeline, ...InpaintPipeline at 0.21.4),
+// reproduced step for step, including the order of every random draw.
+#include "worker/engine/engine.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "common/status_macros.h"
+#include "worker/engine/model_loader.h"
+#include "worker/engine/scheduler.h"
+#include "worker/engine/weights.h"
+
+namespace sdfarm::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+StatusOr<at::ScalarType> ParseDtype(const std::string& name, bool cuda) {
+  if (name.empty()) return cuda ? at::kHalf : at::kFloat;
+  if (name == "fp32" || name == "float32" || name == "float") return at::kFloat;
+  if (name == "fp16" || name == "float16" || name == "half") {
+    if (!cuda) return InvalidArgumentError("fp16 is for CUDA devices; on the CPU use fp32 or bf16");
+    return at::kHalf;
+  }
+  if (name == "bf16" || name == "bfloat16") return at::kBFloat16;
+  return InvalidArgumentError("unknown dtype '" + name + "' (fp32, fp16, bf16)");
+}
+
+std::string DtypeName(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return "fp16";
+    case at::kBFloat16: return "bf16";
+    default: return "fp32";
+  }
+}
+
+// HWC uint8 -> [1, C, H, W] float32 in [-1, 1], computed as diffusers'
+// VaeImageProcessor does (x / 255 in float32, then 2x - 1).
+at::Tensor ImageToTensor(const Image& img) {
+  at::Tensor t = at::from_blob(const_cast<uint8_t*>(img.pixels.data()), {img.height, img.width, img.channels},
+                               at::kByte)
+                     .to(at::kFloat);
+  t = t / 255.0f;
+  return (t * 2.0f - 1.0f).permute({2, 0, 1}).unsqueeze(0).contiguous();
+}
+
+Image TensorToImage(const at::Tensor& chw_unit) {  // [3, H, W] in [0, 1], CPU float32
+  at::Tensor u8 = (chw_unit * 255.0f).round().to(at::kByte).permute({1, 2, 0}).contiguous();
+  Image img;
+  img.height = static_cast<int>(u8.size(0));
+  img.width = static_cast<int>(u8.size(1));
+  img.channels = 3;
+  img.pixels.assign(u8.data_ptr<uint8_t>(), u8.data_ptr<uint8_t>() + u8.numel());
+  return img;
+}
+
+// The random draws of one request, in diffusers' order. Per-image mode keeps
+// one generator per item and draws each image's slice from its own generator;
+// shared mode draws whole-batch tensors from one generator.
+class NoiseSource {
+ public:
+  NoiseSource(const RenderRequest& req) : mode_(req.seed_mode) {
+    if (mode_ == SeedMode::kShared) {
+      gens_.push_back(at::detail::createCPUGenerator(req.shared_seed));
+    } else {
+      for (const auto& item : req.items) gens_.push_back(at::detail::createCPUGenerator(item.seed));
+    }
+  }
+
+  // A batch draw: shape[0] == number of items.
+  at::Tensor Batch(at::IntArrayRef shape) {
+    if (mode_ == SeedMode::kShared) return at::randn(shape, gens_[0], at::kFloat);
+    std::vector<int64_t> one(shape.begin(), shape.end());
+    one[0] = 1;
+    std::vector<at::Tensor> parts;
+    parts.reserve(gens_.size());
+    for (auto& g : gens_) parts.push_back(at::randn(one, g, at::kFloat));
+    return at::cat(parts, 0);
+  }
+
+  // A draw for something diffusers computes once for the single input image
+  // (the VAE posterior sample): [1, ...] from the shared generator, repeated;
+  // per image, one slice from each image's generator.
+  at::Tensor ForInputImage(at::IntArrayRef one_shape, int64_t batch) {
+    if (mode_ == SeedMode::kShared) {
+      return at::randn(one_shape, gens_[0], at::kFloat).repeat({batch, 1, 1, 1});
+    }
+    std::vector<int64_t> shape(one_shape.begin(), one_shape.end());
+    shape[0] = batch;
+    return Batch(shape);
+  }
+
+ private:
+  SeedMode mode_;
+  std::vector<at::Generator> gens_;
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  std::unique_ptr<StableDiffusionModel> model;
+  ModelInfo info;
+};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+const ModelInfo& Engine::info() const { return impl_->info; }
+
+StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, const EngineOptions& options) {
+  try {
+    c10::InferenceMode guard;
+    at::Device device(at::kCPU);
+    try {
+      device = at::Device(options.device);
+    } catch (const std::exception&) {
+      return InvalidArgumentError("unknown device '" + options.device + "' (cpu, cuda, cuda:N)");
+    }
+    if (device.is_cuda() && !at::hasCUDA()) {
+      return UnavailableError("device '" + options.device + "' requested, but this LibTorch build has no CUDA "
+                              "support or no GPU is visible");
+    }
+    if (!device.is_cpu() && !device.is_cuda()) {
+      return InvalidArgumentError("unsupported device '" + options.device + "' (cpu, cuda, cuda:N)");
+    }
+    ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(options.dtype, device.is_cuda()));
+    if (options.threads < 0) return InvalidArgumentError("threads must be >= 0");
+    if (options.threads > 0) at::set_num_threads(options.threads);
+
+    ASSIGN_OR_RETURN(auto model, LoadStableDiffusion(model_dir, device, dtype));
+    auto impl = std::make_unique<Impl>();
+    ModelInfo& info = impl->info;
+    info.dir = model->dir;
+    info.name = model->name;
+    info.hash = model->hash;
+    info.device = device.str();
+    info.dtype = DtypeName(dtype);
+    const auto& uc = model->unet->config();
+    const int64_t factor = model->vae->config().downscale_factor();
+    info.default_width = info.default_height = static_cast<int>(uc.sample_size * factor);
+    info.unet_in_channels = static_cast<int>(uc.in_channels);
+    info.text_layers = static_cast<int>(model->text_encoder->config().num_hidden_layers);
+    info.prediction_type = model->scheduler_config.prediction_type;
+    info.default_sampler = model->default_sampler;
+    info.load_seconds = model->load_seconds;
+    impl->model = std::move(model);
+    return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "loading " + model_dir);
+  }
+}
+
+Status Engine::Validate(const RenderRequest& r) const {
+  const ModelInfo& info = impl_->info;
+  if (r.items.empty()) return InvalidArgumentError("no prompt: the request has no items");
+  for (size_t i = 0; i < r.items.size(); ++i) {
+    const RenderItem& it = r.items[i];
+    if (it.prompt.find_first_not_of(" \t\r\n") == std::string::npos) {
+      return InvalidArgumentError("item " + std::to_string(i) + ": the prompt is empty");
+    }
+    if (!std::isfinite(it.guidance_scale) || it.guidance_scale < 0 || it.guidance_scale > 100) {
+      return InvalidArgumentError("item " + std::to_string(i) + ": guidance scale must be in [0, 100]");
+    }
+  }
+  const int width = r.width == 0 ? info.default_width : r.width;
+  const int height = r.height == 0 ? info.default_height : r.height;
+  if (width % 8 != 0 || height % 8 != 0 || width < 8 || height < 8) {
+    return InvalidArgumentError("width and height must be positive multiples of 8, got " + std::to_string(width) +
+                                "x" + std::to_string(height));
+  }
+  if (width > 8192 || height > 8192) {
+    return InvalidArgumentError("width and height must be at most 8192, got " + std::to_string(width) + "x" +
+                                std::to_string(height));
+  }
+  if (r.steps <= 0 || r.steps > 1000) {
+    return InvalidArgumentError("steps must be in [1, 1000], got " + std::to_string(r.steps));
+  }
+  if (!r.sampler.empty()) RETURN_IF_ERROR(ParseSampler(r.sampler).status());
+  if (r.clip_skip < 1 || r.clip_skip > info.text_layers) {
+    return InvalidArgumentError("clip skip must be in [1, " + std::to_string(info.text_layers) + "], got " +
+                                std::to_string(r.clip_skip));
+  }
+  const bool inpaint_model = info.unet_in_channels == 9;
+  if (r.mask && !r.init_image) return InvalidArgumentError("a mask needs an init image (inpainting)");
+  if (inpaint_model && !(r.init_image && r.mask)) {
+    return InvalidArgumentError(info.name + " is an inpainting model (9-channel UNet): it needs an init image "
+                                "and a mask");
+  }
+  if (r.mask && !inpaint_model) {
+    return InvalidArgumentError("inpainting needs an inpainting model (9-channel UNet); " + info.name + " has " +
+                                std::to_string(info.unet_in_channels) + " input channels");
+  }
+  if (!inpaint_model && info.unet_in_channels != 4) {
+    return UnimplementedError("UNets with " + std::to_string(info.unet_in_channels) +
+                              " input channels are not supported");
+  }
+  if (r.init_image) {
+    const Image& img = *r.init_image;
+    if (img.channels != 3 || img.pixels.size() != static_cast<size_t>(img.width) * img.height * 3) {
+      return InvalidArgumentError("the init image must be 8-bit RGB");
+    }
+    if (img.width != width || img.height != height) {
+      return InvalidArgumentError("the init image is " + std::to_string(img.width) + "x" + std::to_string(img.height) +
+                                  " but the request renders " + std::to_string(width) + "x" + std::to_string(height));
+    }
+    if (!(r.strength > 0.0 && r.strength <= 1.0)) {
+      return InvalidArgumentError("strength must be in (0, 1], got " + std::to_string(r.strength));
+    }
+    if (static_cast<int>(r.steps * r.strength) < 1) {
+      return InvalidArgumentError("steps x strength is below 1: no denoising step would run");
+    }
+  }
+  if (r.mask) {
+    const Image& m = *r.mask;
+    if ((m.channels != 1 && m.channels != 3) ||
+        m.pixels.size() != static_cast<size_t>(m.width) * m.height * m.channels) {
+      return InvalidArgumentError("the mask must be an 8-bit L or RGB image");
+    }
+    if (m.width != width || m.height != height) {
+      return InvalidArgumentError("the mask is " + std::to_string(m.width) + "x" + std::to_string(m.height) +
+                                  " but the init image is " + std::to_string(width) + "x" + std::to_string(height));
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback& on_step) const {
+  RETURN_IF_ERROR(Validate(r));
+  const StableDiffusionModel& m = *impl_->model;
+  const auto start = Clock::now();
+  try {
+    c10::InferenceMode guard;
+    RenderResult result;
+    const int64_t batch = static_cast<int64_t>(r.items.size());
+    const int width = r.width == 0 ? impl_->info.default_width : r.width;
+    const int height = r.height == 0 ? impl_->info.default_height : r.height;
+    const int64_t factor = m.vae->config().downscale_factor();
+    const int64_t lh = height / factor, lw = width / factor;
+    const int64_t latent_ch = m.vae->config().latent_channels;
+    const double scaling = m.vae->config().scaling_factor;
+    const auto dev = m.device;
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(dev);
+
+    // 1. Text: every distinct prompt is encoded once.
+    bool cfg = false;
+    for (const auto& it : r.items) cfg = cfg || it.guidance_scale > 1.0;
+    std::map<std::string, int64_t> row_of;
+    std::vector<at::Tensor> id_rows;
+    auto row = [&](const std::string& text, int* dropped) {
+      auto found = row_of.find(text);
+      if (found != row_of.end()) {
+        if (dropped) *dropped = m.tokenizer->EncodePadded(text).dropped_tokens;
+        return found->second;
+      }
+      ClipTokenizer::Padded p = m.tokenizer->EncodePadded(text);
+      if (dropped) *dropped = p.dropped_tokens;
+      id_rows.push_back(at::tensor(p.ids, at::kLong));
+      return row_of[text] = static_cast<int64_t>(id_rows.size()) - 1;
+    };
+    std::vector<int64_t> cond_rows, uncond_rows;
+    result.dropped_tokens.resize(batch);
+    for (int64_t i = 0; i < batch; ++i) {
+      cond_rows.push_back(row(r.items[i].prompt, &result.dropped_tokens[i]));
+      if (cfg) uncond_rows.push_back(row(r.items[i].negative_prompt, nullptr));
+    }
+    at::Tensor ids = at::stack(id_rows).to(dev);
+    at::Tensor unique_embeds = m.text_encoder->Encode(ids, r.clip_skip);
+    auto gather = [&](const std::vector<int64_t>& rows) {
+      return unique_embeds.index_select(0, at::tensor(rows, at::kLong).to(dev));
+    };
+    at::Tensor context = cfg ? at::cat({gather(uncond_rows), gather(cond_rows)}, 0) : gather(cond_rows);
+    std::vector<float> g_values;
+    for (const auto& it : r.items) g_values.push_back(static_cast<float>(it.guidance_scale));
+    at::Tensor guidance = at::tensor(g_values, at::kFloat).view({batch, 1, 1, 1}).to(dev);
+    at::Tensor use_cfg = (guidance > 1.0f);
+    result.text_seconds = Seconds(start);
+
+    // 2. Scheduler and the starting latents.
+    ASSIGN_OR_RETURN(Sampler sampler, ParseSampler(r.sampler.empty() ? m.default_sampler : r.sampler));
+    ASSIGN_OR_RETURN(std::unique_ptr<Scheduler> sched, MakeScheduler(sampler, m.scheduler_config));
+    RETURN_IF_ERROR(sched->SetTimesteps(r.steps));
+    const int64_t num_timesteps = sched->timesteps().size(0);
+    NoiseSource noise(r);
+    const NoiseFn noise_fn = [&noise](at::IntArrayRef shape) { return noise.Batch(shape); };
+    const std::vector<int64_t> latent_shape = {batch, latent_ch, lh, lw};
+
+    int64_t first = 0;
+    if (r.init_image && (impl_->info.unet_in_channels == 4 || r.strength < 1.0)) {
+      const int init_steps = std::min(static_cast<int>(r.steps * r.strength), r.steps);
+      const int t_start = std::max(r.steps - init_steps, 0);
+      first = static_cast<int64_t>(t_start) * sched->order();
+      if (first >= num_timesteps) return InvalidArgumentError("strength leaves no denoising step to run");
+    }
+
+    at::Tensor latents;
+    at::Tensor mask_latents, masked_image_latents;  // inpainting
+    auto encode_sample = [&](const at::Tensor& image) {
+      Vae::LatentDist dist = m.vae->Encode(image.to(dev, m.vae_dtype));
+      at::Tensor eps = noise.ForInputImage(dist.mean.sizes(), batch).to(dev);
+      return (dist.mean.to(at::kFloat) + dist.std.to(at::kFloat) * eps) * scaling;
+    };
+    if (!r.init_image) {
+      latents = noise.Batch(latent_shape).to(dev) * sched->init_noise_sigma();
+    } else {
+      at::Tensor image = ImageToTensor(*r.init_image);
+      if (impl_->info.unet_in_channels == 4) {  // img2img
+        at::Tensor init = encode_sample(image);
+        at::Tensor eps = noise.Batch(latent_shape).to(dev);
+        latents = sched->AddNoise(init, eps, first);
+      } else {  // inpainting, 9-channel UNet
+        if (r.strength >= 1.0) {
+          latents = noise.Batch(latent_shape).to(dev) * sched->init_noise_sigma();
+        } else {
+          at::Tensor init = encode_sample(image);
+          latents = sched->AddNoise(init, noise.Batch(latent_shape).to(dev), first);
+        }
+        const Image& mk = *r.mask;
+        at::Tensor mask = at::from_blob(const_cast<uint8_t*>(mk.pixels.data()), {mk.height, mk.width, mk.channels},
+                                        at::kByte).to(at::kFloat);
+        if (mk.channels == 3) {  // PIL's convert("L")
+          mask = ((mask.select(2, 0) * 19595 + mask.select(2, 1) * 38470 + mask.select(2, 2) * 7471 + 32768) / 65536)
+                     .floor()
+                     .unsqueeze(2);
+        }
+        mask = (mask.permute({2, 0, 1}).unsqueeze(0) / 255.0f >= 0.5f).to(at::kFloat);
+        at::Tensor masked_image = image * (mask < 0.5f);
+        at::Tensor small_mask = at::upsample_nearest2d(mask, {lh, lw});
+        mask_latents = small_mask.to(dev).repeat({batch, 1, 1, 1});
+        masked_image_latents = encode_sample(masked_image);
+        if (cfg) {
+          mask_latents = at::cat({mask_latents, mask_latents}, 0);
+          masked_image_latents = at::cat({masked_image_latents, masked_image_latents}, 0);
+        }
+      }
+    }
+    latents = latents.to(at::kFloat);
+    if (r.keep_latents) {
+      at::Tensor cpu = latents.to(at::kCPU).contiguous();
+      result.initial_latents.assign(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
+    }
+
+    // 3. Denoising.
+    const auto denoise_start = Clock::now();
+    const int total = static_cast<int>(num_timesteps - first);
+    at::Tensor timesteps_cpu = sched->timesteps().to(at::kDouble);
+    for (int64_t idx = first; idx < num_timesteps; ++idx) {
+      const auto step_start = Clock::now();
+      at::Tensor t = sched->timesteps()[idx];
+      at::Tensor x = sched->ScaleModelInput(latents, idx);
+      if (cfg) x = at::cat({x, x}, 0);
+      if (mask_latents.defined()) x = at::cat({x, mask_latents.to(x.scalar_type()), masked_image_latents}, 1);
+      at::Tensor out = m.unet->Forward(x.to(m.dtype), t.to(dev), context).to(at::kFloat);
+      if (cfg) {
+        std::vector<at::Tensor> parts = out.chunk(2, 0);
+        at::Tensor guided = parts[0] + guidance * (parts[1] - parts[0]);
+        out = at::where(use_cfg, guided, parts[1]);
+      }
+      latents = sched->Step(out, idx, latents, noise_fn);
+      if (on_step) {
+        if (dev.is_cuda()) (void)latents.sum().item<float>();  // so the step time is real
+        StepInfo info;
+        info.step = static_cast<int>(idx - first);
+        info.total_steps = total;
+        info.timestep = timesteps_cpu[idx].item<double>();
+        info.elapsed_seconds = Seconds(start);
+        info.step_seconds = Seconds(step_start);
+        info.latents = &latents;
+        if (!on_step(info)) return CancelledError("render cancelled after step " + std::to_string(info.step + 1));
+      }
+    }
+    result.denoise_seconds = Seconds(denoise_start);
+
+    // 4. Decoding, one image at a time: peak memory stays that of one image.
+    const auto decode_start = Clock::now();
+    if (r.keep_latents) {
+      at::Tensor cpu = latents.to(at::kCPU).contiguous();
+      result.latents.assign(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
+      result.latents_shape = cpu.sizes().vec();
+    }
+    for (int64_t i = 0; i < batch; ++i) {
+      at::Tensor z = (latents.slice(0, i, i + 1) / scaling).to(m.vae_dtype);
+      at::Tensor decoded = m.vae->Decode(z).to(at::kFloat);
+      at::Tensor unit = (decoded / 2 + 0.5).clamp(0, 1).to(at::kCPU);
+      result.images.push_back(TensorToImage(unit[0]));
+    }
+    result.decode_seconds = Seconds(decode_start);
+    return result;
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "render");
+  }
+}
+
+std::vector<Image> PreviewImages(const at::Tensor& latents) {
+  // Linear fit from SD latents to RGB (the factors AUTOMATIC1111 and ComfyUI use).
+  static const float kFactors[4][3] = {
+      {0.3512f, 0.2297f, 0.3227f},
+      {0.3250f, 0.4974f, 0.2350f},
+      {-0.2829f, 0.1762f, 0.2721f},
+      {-0.2120f, -0.2616f, -0.7177f},
+  };
+  std::vector<Image> out;
+  try {
+    c10::InferenceMode guard;
+    at::Tensor w = at::from_blob(const_cast<float*>(&kFactors[0][0]), {4, 3}, at::kFloat);
+    at::Tensor z = latents.to(at::kCPU, at::kFloat);
+    if (z.dim() != 4 || z.size(1) != 4) return out;
+    at::Tensor rgb = at::einsum("bchw,cr->brhw", {z, w});
+    rgb = ((rgb + 1) / 2).clamp(0, 1);
+    for (int64_t i = 0; i < rgb.size(0); ++i) out.push_back(TensorToImage(rgb[i]));
+  } catch (const std::exception&) {
+    out.clear();
+  }
+  return out;
+}
+
+}  // namespace sdfarm::engine

@@ -1,0 +1,133 @@
+// The diffusion engine's public API: load a Stable Diffusion pipeline folder
+// once, then render requests (txt2img, img2img, inpainting) that give the
+// same images as Hugging Face diffusers for the same model, seed and settings.
+//
+//   ASSIGN_OR_RETURN(auto engine, Engine::Load("models/sd15", {.device = "cuda"}));
+//   RenderRequest req;
+//   req.items = {{.prompt = "a red fox", .seed = 42, .guidance_scale = 7.5}};
+//   req.steps = 30;
+//   ASSIGN_OR_RETURN(RenderResult out, engine->Render(req, [](const StepInfo& s) {
+//     return !cancelled;   // false stops between steps with a Cancelled status
+//   }));
+//
+// Each item is one image with its own seed: the item with seed s starts from
+// torch.randn((1,4,h,w), generator=torch.Generator("cpu").manual_seed(s)) and
+// every later random draw of that image comes from its own generator, so an
+// image never depends on what else was in its batch. SeedMode::kShared
+// reproduces diffusers' default of one generator for the whole batch.
+//
+// Nothing in this header needs LibTorch; errors are Status values and no
+// exception leaves the engine. An Engine is used by one thread at a time (the
+// worker gives the model to one thread, as llama.cpp's server does).
+#ifndef SDFARM_WORKER_ENGINE_ENGINE_H_
+#define SDFARM_WORKER_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "worker/engine/png_io.h"
+#include "worker/engine/status.h"
+
+namespace at {
+class Tensor;
+}  // namespace at
+
+namespace sdfarm::engine {
+
+struct EngineOptions {
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
+  std::string dtype;           // "fp32", "fp16", "bf16"; empty: fp32 on CPU, fp16 on CUDA
+  int threads = 0;             // intra-op CPU threads; 0 keeps LibTorch's default
+};
+
+enum class SeedMode {
+  kPerImage,  // one generator per item, seeded with the item's seed (sdfarm's default)
+  kShared,    // one generator seeded with `shared_seed` for the batch (diffusers' default)
+};
+
+struct RenderItem {
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  double guidance_scale = 7.5;  // <= 1 runs the text branch only (no classifier-free guidance)
+};
+
+struct RenderRequest {
+  std::vector<RenderItem> items;  // one image each, in output order
+  int width = 0;                  // 0: the model's default (unet sample_size x 8); else a multiple of 8
+  int height = 0;
+  int steps = 30;                 // 1..1000
+  std::string sampler;            // pndm ddim euler euler_a lms dpmpp_2m dpmpp_2m_karras ddpm; empty: the model's
+  std::optional<Image> init_image;  // img2img / inpainting source, RGB, width x height
+  double strength = 0.8;            // img2img (and inpainting) denoising strength in (0, 1]
+  std::optional<Image> mask;        // inpainting: L (or RGB), white = repaint; needs a 9-channel UNet
+  int clip_skip = 1;                // 1 = last layer; 2 = penultimate (AUTOMATIC1111's "Clip skip")
+  SeedMode seed_mode = SeedMode::kPerImage;
+  uint64_t shared_seed = 0;         // for SeedMode::kShared
+  bool keep_latents = false;        // fill RenderResult::latents
+};
+
+struct StepInfo {
+  int step = 0;               // 0-based index of the step just finished
+  int total_steps = 0;        // steps this request runs (fewer than `steps` for img2img)
+  double timestep = 0;
+  double elapsed_seconds = 0;  // since Render started
+  double step_seconds = 0;     // this step alone
+  const at::Tensor* latents = nullptr;  // current latents [B, 4, h, w], float32, on the device
+};
+// Called after every denoising step on the rendering thread; return false to
+// cancel (Render then returns a Cancelled status).
+using StepCallback = std::function<bool(const StepInfo&)>;
+
+struct RenderResult {
+  std::vector<Image> images;          // RGB, one per item, in item order
+  std::vector<float> latents;         // final latents before VAE decoding, [B, 4, h, w], when kept
+  std::vector<float> initial_latents; // the latents entering the first step, when kept
+  std::vector<int64_t> latents_shape;
+  std::vector<int> dropped_tokens;    // per item: prompt tokens cut at the 77-token limit
+  double text_seconds = 0, denoise_seconds = 0, decode_seconds = 0;
+};
+
+struct ModelInfo {
+  std::string dir, name, hash;
+  std::string device, dtype;
+  int default_width = 512, default_height = 512;
+  int unet_in_channels = 4;           // 9: an inpainting model
+  int text_layers = 12;
+  std::string prediction_type;        // "epsilon" or "v_prediction"
+  std::string default_sampler;
+  int64_t num_parameters = 0;
+  double load_seconds = 0;
+};
+
+class Engine {
+ public:
+  static StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_dir, const EngineOptions& options = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const ModelInfo& info() const;
+
+  // Everything Render would reject, checked without any compute.
+  Status Validate(const RenderRequest& request) const;
+
+  StatusOr<RenderResult> Render(const RenderRequest& request, const StepCallback& on_step = {}) const;
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// A cheap RGB preview of latents [B, 4, h, w] (any device): the linear
+// 4-to-3 approximation of the SD 1.x/2.x VAE, at latent resolution (h x w).
+std::vector<Image> PreviewImages(const at::Tensor& latents);
+
+}  // namespace sdfarm::engine
+
+#endif  // SDFARM_WORKER_ENGINE_ENGINE_H_
