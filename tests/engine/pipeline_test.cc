@@ -85,7 +85,11 @@ RenderRequest RequestFromCase(const nlohmann::json& c, std::map<std::string, at:
   req.height = kw.value("height", 64);
   req.sampler = c["scheduler"].is_null() ? "" : c["scheduler"].get<std::string>();
   if (kw.contains("strength")) req.strength = kw["strength"].get<double>();
-  if (g.count("input_image_uint8")) req.init_image = ToImage(g["input_image_uint8"]);
+  if (g.count("input_image_uint8")) {
+    req.init_image = ToImage(g["input_image_uint8"]);
+    req.width = kw.value("width", req.init_image->width);  // img2img renders at the image's size
+    req.height = kw.value("height", req.init_image->height);
+  }
   if (g.count("input_mask_uint8")) {
     req.mask = ToImage(g["input_mask_uint8"]);
     if (!kw.contains("strength")) req.strength = 1.0;  // the inpainting pipeline's default

@@ -1,0 +1,258 @@
+#include "worker/tools/render_command.h"
+
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "worker/engine/a1111_parameters.h"
+#include "worker/engine/engine.h"
+#include "worker/engine/safetensors.h"
+#include "worker/engine/scheduler.h"
+#include "worker/tools/cli_flags.h"
+
+namespace sdfarm::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using engine::Engine;
+using engine::EngineOptions;
+using engine::Image;
+using engine::RenderItem;
+using engine::RenderRequest;
+
+constexpr char kProgram[] = "sdfarm-render";
+
+int Fail(const engine::Status& s, int code = 1) {
+  std::fprintf(stderr, "%s: error: %s\n", kProgram, s.message().c_str());
+  return code;
+}
+
+void DefineFlags(CliFlags& f) {
+  f.Add("model", "DIR", "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...)");
+  f.Add("prompt", "TEXT", "what to render; give it several times for several prompts", std::nullopt, true);
+  f.Add("negative", "TEXT", "negative prompt (used when --guidance > 1)", "");
+  f.Add("seed", "N", "seed of the first image; image k of a prompt uses N+k", "0");
+  f.Add("seeds", "LIST", "explicit seeds, e.g. 0-9,42: one image per seed for each prompt");
+  f.Add("guidance", "SCALE", "classifier-free guidance scale; <= 1 runs without guidance", "7.5");
+  f.Add("steps", "N", "denoising steps", "30");
+  f.Add("sampler", "NAME", "pndm ddim euler euler_a lms dpmpp_2m dpmpp_2m_karras ddpm (default: the model's)");
+  f.Add("width", "PX", "image width, a multiple of 8 (default: the model's, or the init image's)");
+  f.Add("height", "PX", "image height, a multiple of 8 (default: the model's, or the init image's)");
+  f.Add("images-per-prompt", "N", "images per prompt (seeds N, N+1, ...)", "1");
+  f.Add("batch", "N", "images rendered together in one pass (more is faster on a GPU, needs more memory)", "1");
+  f.Add("device", "DEV", "cpu, cuda or cuda:N", "cpu");
+  f.Add("dtype", "TYPE", "fp32, fp16 or bf16 (default: fp32 on cpu, fp16 on cuda)");
+  f.Add("threads", "N", "CPU threads for LibTorch (0: its default)", "0");
+  f.Add("init-image", "PNG", "img2img / inpainting source image");
+  f.Add("strength", "S", "img2img denoising strength in (0, 1]", "0.8");
+  f.Add("mask", "PNG", "inpainting mask (white = repaint); needs an inpainting model");
+  f.Add("clip-skip", "N", "use the N-th last text encoder layer (1 = last, 2 = AUTOMATIC1111's 'Clip skip 2')", "1");
+  f.Add("out", "DIR", "output folder", "out");
+  f.Add("latents-out", "FILE", "also write the final latents (before VAE decoding) as safetensors");
+  f.AddBool("shared-generator", "one generator for each batch, as diffusers' default (for parity checks)");
+  f.AddBool("quiet", "no progress output");
+  f.SetEpilog(
+      "Examples:\n"
+      "  sdfarm-render --model models/sd15 --prompt 'a red fox in the snow' --seeds 0-3 --steps 25\n"
+      "  sdfarm-render --model models/sd15 --prompt 'oil painting' --init-image in.png --strength 0.6\n"
+      "  sdfarm-render --model models/sd15-inpaint --prompt 'a cat' --init-image in.png --mask mask.png\n"
+      "\nEach image is written as <out>/<index>-seed<seed>-cfg<guidance>.png with its parameters embedded\n"
+      "in AUTOMATIC1111's format (PNG Info, Civitai and other tools read it).\n");
+}
+
+std::string FileName(size_t index, const RenderItem& item) {
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "%04zu-seed%" PRIu64 "-cfg%s.png", index, item.seed,
+                engine::FormatNumber(item.guidance_scale).c_str());
+  return buf;
+}
+
+}  // namespace
+
+int RunRender(int argc, char** argv) {
+  CliFlags flags(kProgram, "Renders Stable Diffusion images on this machine (txt2img, img2img, inpainting).");
+  DefineFlags(flags);
+  if (auto s = flags.Parse(argc, argv); !s.ok()) return Fail(s, 2);
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  if (!flags.Has("model")) return Fail(engine::InvalidArgumentError("--model DIR is required (see --help)"), 2);
+  const std::vector<std::string> prompts = flags.GetAll("prompt");
+  if (prompts.empty()) return Fail(engine::InvalidArgumentError("--prompt TEXT is required (see --help)"), 2);
+
+  // Parse everything before loading the model: bad input costs nothing.
+  auto steps = flags.GetInt("steps", 1, 1000);
+  auto guidance = flags.GetDouble("guidance", 0, 100);
+  auto nipp = flags.GetInt("images-per-prompt", 1, 10000);
+  auto batch = flags.GetInt("batch", 1, 1024);
+  auto threads = flags.GetInt("threads", 0, 1024);
+  auto strength = flags.GetDouble("strength", 0, 1);
+  auto clip_skip = flags.GetInt("clip-skip", 1, 64);
+  for (const engine::Status& s : {steps.status(), guidance.status(), nipp.status(), batch.status(), threads.status(),
+                                  strength.status(), clip_skip.status()}) {
+    if (!s.ok()) return Fail(s, 2);
+  }
+  std::vector<uint64_t> seeds;
+  if (flags.Has("seeds")) {
+    if (flags.Has("seed") || flags.Has("images-per-prompt")) {
+      return Fail(engine::InvalidArgumentError("--seeds replaces --seed and --images-per-prompt; give one or the other"),
+                  2);
+    }
+    auto list = engine::StatusOr<std::vector<uint64_t>>(ParseSeedList(flags.Get("seeds")));
+    if (!list.ok()) return Fail(list.status(), 2);
+    seeds = *list;
+  } else {
+    uint64_t first = 0;
+    if (!ParseUint64(flags.Get("seed"), &first)) {
+      return Fail(engine::InvalidArgumentError("--seed must be an integer in [0, 2^64-1], got '" + flags.Get("seed") +
+                                               "'"),
+                  2);
+    }
+    for (int64_t k = 0; k < *nipp; ++k) seeds.push_back(first + static_cast<uint64_t>(k));
+  }
+  if (flags.Has("sampler")) {
+    if (auto s = engine::ParseSampler(flags.Get("sampler")); !s.ok()) return Fail(s.status(), 2);
+  }
+
+  RenderRequest base;
+  base.steps = static_cast<int>(*steps);
+  base.sampler = flags.Get("sampler");
+  base.clip_skip = static_cast<int>(*clip_skip);
+  base.keep_latents = flags.Has("latents-out");
+  if (flags.Has("init-image")) {
+    auto img = engine::ReadPng(flags.Get("init-image"), 3);
+    if (!img.ok()) return Fail(img.status(), 2);
+    base.init_image = std::move(img).value();
+    base.width = base.init_image->width;
+    base.height = base.init_image->height;
+    base.strength = *strength;
+  } else if (flags.Has("strength")) {
+    return Fail(engine::InvalidArgumentError("--strength needs --init-image"), 2);
+  }
+  if (flags.Has("mask")) {
+    if (!base.init_image) return Fail(engine::InvalidArgumentError("--mask needs --init-image"), 2);
+    auto mask = engine::ReadPng(flags.Get("mask"), 1);
+    if (!mask.ok()) return Fail(mask.status(), 2);
+    base.mask = std::move(mask).value();
+    if (!flags.Has("strength")) base.strength = 1.0;  // inpainting repaints fully unless told otherwise
+  }
+  for (const char* dim : {"width", "height"}) {
+    if (!flags.Has(dim)) continue;
+    auto v = flags.GetInt(dim, 8, 8192);
+    if (!v.ok()) return Fail(v.status(), 2);
+    (std::string(dim) == "width" ? base.width : base.height) = static_cast<int>(*v);
+  }
+
+  std::vector<RenderItem> items;
+  for (const auto& p : prompts) {
+    for (uint64_t seed : seeds) items.push_back({p, flags.Get("negative"), seed, *guidance});
+  }
+
+  const std::string out_dir = flags.Get("out");
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return Fail(engine::UnavailableError("cannot create output folder " + out_dir + ": " + ec.message()));
+
+  EngineOptions options;
+  options.device = flags.Get("device");
+  options.dtype = flags.Get("dtype");
+  options.threads = static_cast<int>(*threads);
+  const bool quiet = flags.GetBool("quiet");
+  const bool tty = isatty(STDERR_FILENO);
+  if (!quiet) std::fprintf(stderr, "loading %s on %s...\n", flags.Get("model").c_str(), options.device.c_str());
+  auto engine = Engine::Load(flags.Get("model"), options);
+  if (!engine.ok()) return Fail(engine.status());
+  const engine::ModelInfo& info = (*engine)->info();
+  if (!quiet) {
+    std::fprintf(stderr, "loaded %s (hash %s, %s %s) in %.1f s\n", info.name.c_str(), info.hash.c_str(),
+                 info.device.c_str(), info.dtype.c_str(), info.load_seconds);
+  }
+
+  // Validate the whole run up front so a bad request fails before any compute.
+  {
+    RenderRequest probe = base;
+    probe.items = {items.front()};
+    if (auto s = (*engine)->Validate(probe); !s.ok()) return Fail(s, 2);
+  }
+  const std::string sampler_name = base.sampler.empty() ? info.default_sampler : base.sampler;
+  auto sampler = engine::ParseSampler(sampler_name);
+  if (!sampler.ok()) return Fail(sampler.status());
+
+  std::vector<at::Tensor> all_latents;
+  const size_t batch_size = static_cast<size_t>(*batch);
+  const size_t num_batches = (items.size() + batch_size - 1) / batch_size;
+  size_t written = 0;
+  for (size_t b = 0; b < num_batches; ++b) {
+    RenderRequest req = base;
+    const size_t begin = b * batch_size, end = std::min(items.size(), begin + batch_size);
+    req.items.assign(items.begin() + begin, items.begin() + end);
+    if (flags.GetBool("shared-generator")) {
+      req.seed_mode = engine::SeedMode::kShared;
+      req.shared_seed = req.items.front().seed;
+    }
+    auto progress = [&](const engine::StepInfo& s) {
+      if (!quiet && tty) {
+        const double eta = s.step_seconds * (s.total_steps - s.step - 1);
+        std::fprintf(stderr, "\r[%zu/%zu] step %d/%d  %.2f s/it  eta %.0f s   ", b + 1, num_batches, s.step + 1,
+                     s.total_steps, s.step_seconds, eta);
+        std::fflush(stderr);
+      }
+      return true;
+    };
+    auto result = (*engine)->Render(req, progress);
+    if (!quiet && tty) std::fprintf(stderr, "\n");
+    if (!result.ok()) return Fail(result.status());
+    for (size_t i = 0; i < req.items.size(); ++i) {
+      const RenderItem& item = req.items[i];
+      if (result->dropped_tokens[i] > 0 && !quiet) {
+        std::fprintf(stderr, "warning: prompt of image %zu is longer than 77 tokens; %d tokens were dropped\n",
+                     begin + i, result->dropped_tokens[i]);
+      }
+      engine::GenerationParameters p;
+      p.prompt = item.prompt;
+      p.negative_prompt = item.guidance_scale > 1.0 ? item.negative_prompt : "";
+      p.steps = req.steps;
+      p.sampler = std::string(engine::SamplerDisplayName(*sampler));
+      p.cfg_scale = item.guidance_scale;
+      p.seed = item.seed;
+      p.width = result->images[i].width;
+      p.height = result->images[i].height;
+      p.model_hash = info.hash;
+      p.model = info.name;
+      if (req.init_image) p.denoising_strength = req.strength;
+      if (req.clip_skip > 1) p.clip_skip = req.clip_skip;
+      p.extra.push_back({"Version", "sdfarm " SDFARM_VERSION});
+      const std::string path = out_dir + "/" + FileName(begin + i, item);
+      if (auto s = engine::WritePngAtomic(path, result->images[i], {{"parameters", engine::FormatA1111Parameters(p)}});
+          !s.ok()) {
+        return Fail(s);
+      }
+      ++written;
+      if (!quiet) std::printf("%s\n", path.c_str());
+    }
+    if (req.keep_latents) {
+      all_latents.push_back(at::from_blob(result->latents.data(), result->latents_shape, at::kFloat).clone());
+    }
+    if (!quiet) {
+      std::fprintf(stderr, "batch %zu/%zu: %zu images, text %.2f s, denoise %.2f s, decode %.2f s\n", b + 1,
+                   num_batches, req.items.size(), result->text_seconds, result->denoise_seconds,
+                   result->decode_seconds);
+    }
+  }
+  if (flags.Has("latents-out")) {
+    at::Tensor latents = at::cat(all_latents, 0);
+    if (auto s = engine::WriteSafetensors(flags.Get("latents-out"), {{"latents", latents}}, {{"format", "pt"}});
+        !s.ok()) {
+      return Fail(s);
+    }
+  }
+  if (!quiet) std::fprintf(stderr, "wrote %zu images to %s\n", written, out_dir.c_str());
+  return 0;
+}
+
+}  // namespace sdfarm::tools

@@ -1,0 +1,14 @@
+// sdfarm-render: renders images on this machine with the engine and writes
+// them as PNGs with AUTOMATIC1111 `parameters` metadata. main() only calls
+// RunRender; the work is here so the logic reads as one unit.
+#ifndef SDFARM_WORKER_TOOLS_RENDER_COMMAND_H_
+#define SDFARM_WORKER_TOOLS_RENDER_COMMAND_H_
+
+namespace sdfarm::tools {
+
+// Returns the process exit code: 0 success, 1 runtime failure, 2 usage error.
+int RunRender(int argc, char** argv);
+
+}  // namespace sdfarm::tools
+
+#endif  // SDFARM_WORKER_TOOLS_RENDER_COMMAND_H_

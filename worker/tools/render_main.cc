@@ -1,0 +1,3 @@
+#include "worker/tools/render_command.h"
+
+int main(int argc, char** argv) { return sdfarm::tools::RunRender(argc, argv); }
