@@ -1,0 +1,246 @@
+// sdfarm-render and sdfarm-mkmodel as a user runs them: real processes, real
+// files. Pixels are checked against diffusers' golden images.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "tests/engine/golden.h"
+#include "worker/engine/a1111_parameters.h"
+#include "worker/engine/png_io.h"
+#include "worker/engine/safetensors.h"
+
+namespace sdfarm::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using ::sdfarm::testing::LoadGolden;
+using ::sdfarm::testing::MakeTempDir;
+using ::sdfarm::testing::MaxAbsDiff;
+using ::sdfarm::testing::ModelPath;
+
+struct ProcessRun {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+ProcessRun RunTool(const std::string& binary, const std::vector<std::string>& args) {
+  std::string cmd = Quote(binary);
+  for (const auto& a : args) cmd += " " + Quote(a);
+  cmd += " 2>&1";
+  ProcessRun r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) r.output.append(buf.data(), n);
+  int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+ProcessRun Render(const std::vector<std::string>& args) { return RunTool(SDFARM_RENDER_BIN, args); }
+
+at::Tensor Pixels(const engine::Image& img) {
+  return at::from_blob(const_cast<uint8_t*>(img.pixels.data()), {img.height, img.width, img.channels}, at::kByte)
+      .to(at::kInt);
+}
+
+std::vector<std::string> Pngs(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() == ".png") out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void WritePng(const std::string& path, const at::Tensor& hwc) {
+  at::Tensor t = (hwc.dim() == 2 ? hwc.unsqueeze(2) : hwc).contiguous();
+  engine::Image img;
+  img.height = t.size(0);
+  img.width = t.size(1);
+  img.channels = t.size(2);
+  img.pixels.assign(t.data_ptr<uint8_t>(), t.data_ptr<uint8_t>() + t.numel());
+  ASSERT_OK(engine::WritePngAtomic(path, img));
+}
+
+TEST(RenderCli, Txt2ImgMatchesDiffusersAndEmbedsParameters) {
+  auto g = LoadGolden("pipelines/sd_pndm_astronaut.safetensors");
+  const std::string out = MakeTempDir();
+  ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--prompt", "a photograph of an astronaut riding a horse",
+                  "--seed", "0", "--steps", "15", "--guidance", "7.5", "--width", "64", "--height", "64", "--out", out,
+                  "--latents-out", out + "/latents.safetensors"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto files = Pngs(out);
+  ASSERT_EQ(files.size(), 1u) << r.output;
+  EXPECT_NE(files[0].find("seed0"), std::string::npos);
+  EXPECT_NE(files[0].find("cfg7.5"), std::string::npos);
+  ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+  EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0);
+
+  ASSERT_OK_AND_ASSIGN(auto text, engine::ReadPngText(files[0]));
+  ASSERT_EQ(text.size(), 1u);
+  EXPECT_EQ(text[0].first, "parameters");
+  ASSERT_OK_AND_ASSIGN(engine::GenerationParameters p, engine::ParseA1111Parameters(text[0].second));
+  EXPECT_EQ(p.prompt, "a photograph of an astronaut riding a horse");
+  EXPECT_EQ(p.steps, 15);
+  EXPECT_EQ(p.sampler, "PNDM");
+  EXPECT_EQ(p.seed, 0u);
+  EXPECT_DOUBLE_EQ(p.cfg_scale, 7.5);
+  EXPECT_EQ(p.width, 64);
+  EXPECT_EQ(p.height, 64);
+  EXPECT_EQ(p.model, "tiny-sd");
+  EXPECT_EQ(p.model_hash.size(), 10u);
+
+  auto latents = engine::ReadSafetensors(out + "/latents.safetensors");
+  ASSERT_OK(latents);
+  ASSERT_EQ(latents->count("latents"), 1u);
+  EXPECT_LE(MaxAbsDiff(latents->at("latents"), g["latents_final"]), 1e-3);
+}
+
+TEST(RenderCli, SeedsAndImagesPerPromptAreBatchInvariant) {
+  // --seeds 100-101 renders the golden seed-list case; --batch 2 must not change any image.
+  auto g = LoadGolden("pipelines/sd_eulera_seedlist_nipp2.safetensors");
+  for (const char* batch : {"1", "2"}) {
+    const std::string out = MakeTempDir();
+    ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--prompt", "a red fox in the snow", "--seeds", "100-101",
+                    "--steps", "10", "--sampler", "euler_a", "--width", "64", "--height", "64", "--batch", batch,
+                    "--out", out, "--quiet"});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto files = Pngs(out);
+    ASSERT_EQ(files.size(), 2u);
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[i], 3));
+      EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][i].to(at::kInt)), 2.0) << "batch " << batch << " image " << i;
+    }
+  }
+  // --seed 100 --images-per-prompt 2 means seeds 100 and 101.
+  const std::string out = MakeTempDir();
+  ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--prompt", "a red fox in the snow", "--seed", "100",
+                  "--images-per-prompt", "2", "--steps", "10", "--sampler", "euler_a", "--width", "64", "--height",
+                  "64", "--out", out, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto files = Pngs(out);
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_NE(files[1].find("seed101"), std::string::npos);
+}
+
+TEST(RenderCli, Img2ImgAndInpaintingFromPngFiles) {
+  const std::string dir = MakeTempDir();
+  {
+    auto g = LoadGolden("pipelines/img2img_ddim_s06_64x96.safetensors");
+    WritePng(dir + "/in.png", g["input_image_uint8"]);
+    ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--prompt", "a stained glass window", "--negative", "dark",
+                    "--seed", "11", "--steps", "15", "--guidance", "6", "--sampler", "ddim", "--init-image",
+                    dir + "/in.png", "--strength", "0.6", "--out", dir + "/img2img", "--quiet"});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto files = Pngs(dir + "/img2img");
+    ASSERT_EQ(files.size(), 1u);
+    ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+    EXPECT_EQ(img.width, 96);  // the init image's size
+    EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0);
+    ASSERT_OK_AND_ASSIGN(auto text, engine::ReadPngText(files[0]));
+    EXPECT_NE(text[0].second.find("Denoising strength: 0.6"), std::string::npos) << text[0].second;
+  }
+  {
+    auto g = LoadGolden("pipelines/inpaint_pndm.safetensors");
+    WritePng(dir + "/image.png", g["input_image_uint8"]);
+    WritePng(dir + "/mask.png", g["input_mask_uint8"]);
+    ProcessRun r = Render({"--model", ModelPath("tiny-sd-inpaint"), "--prompt", "a yellow rubber duck", "--seed", "12",
+                    "--steps", "10", "--init-image", dir + "/image.png", "--mask", dir + "/mask.png", "--out",
+                    dir + "/inpaint", "--quiet"});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto files = Pngs(dir + "/inpaint");
+    ASSERT_EQ(files.size(), 1u);
+    ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+    EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0);
+  }
+}
+
+TEST(RenderCli, BadInputIsRejectedWithAClearMessageAndNoOutput) {
+  const std::string dir = MakeTempDir();
+  std::ofstream(dir + "/not.png") << "this is not a png";
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::string model = ModelPath("tiny-sd");
+  const std::vector<Case> cases = {
+      {{"--model", model}, "--prompt"},
+      {{"--prompt", "x"}, "--model"},
+      {{"--model", model, "--prompt", "x", "--width", "100"}, "multiples of 8"},
+      {{"--model", model, "--prompt", "x", "--steps", "0"}, "--steps"},
+      {{"--model", model, "--prompt", "x", "--steps", "1001"}, "--steps"},
+      {{"--model", model, "--prompt", "x", "--sampler", "heun"}, "heun"},
+      {{"--model", model, "--prompt", "x", "--init-image", dir + "/not.png"}, "not.png"},
+      {{"--model", model, "--prompt", "x", "--init-image", dir + "/missing.png"}, "missing.png"},
+      {{"--model", model, "--prompt", "x", "--seeds", "5-1"}, "backwards"},
+      {{"--model", model, "--prompt", "x", "--frobnicate", "1"}, "unknown flag"},
+      {{"--model", model, "--prompt", "  "}, "empty"},
+      {{"--model", dir + "/no-such-model", "--prompt", "x"}, "does not exist"},
+      {{"--model", ModelPath("tiny-sd-inpaint"), "--prompt", "x"}, "inpainting model"},
+      {{"--model", model, "--prompt", "x", "--mask", dir + "/not.png"}, "--init-image"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> args = c.args;
+    args.insert(args.end(), {"--out", dir + "/out"});
+    ProcessRun r = Render(args);
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.exit_code, -1) << "crashed: " << r.output;
+    EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << "expected '" << c.message << "' in: " << r.output;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/out") && !Pngs(dir + "/out").empty());
+}
+
+TEST(RenderCli, HelpListsEveryFlag) {
+  ProcessRun r = Render({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* flag : {"--model", "--prompt", "--negative", "--seed", "--seeds", "--guidance", "--steps",
+                           "--sampler", "--width", "--height", "--images-per-prompt", "--batch", "--device", "--dtype",
+                           "--init-image", "--strength", "--mask", "--clip-skip", "--out", "--latents-out"}) {
+    EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
+  }
+}
+
+TEST(MkModelCli, WritesALoadableRandomModelFromConfigs) {
+  const std::string out = MakeTempDir() + "/model";
+  ProcessRun r = RunTool(SDFARM_MKMODEL_BIN, {"--config", ModelPath("tiny-sd-v2"), "--out", out, "--dtype", "fp16",
+                                       "--seed", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* f : {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                        "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                        "tokenizer/vocab.json", "scheduler/scheduler_config.json"}) {
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  }
+  auto unet = engine::SafetensorsFile::Open(out + "/unet/diffusion_pytorch_model.safetensors");
+  ASSERT_OK(unet);
+  EXPECT_EQ((*unet)->Find("conv_in.weight")->dtype, engine::StDtype::kF16);
+  // The same tensor names and shapes as the diffusers checkpoint of that config.
+  auto real = engine::SafetensorsFile::Open(ModelPath("tiny-sd-v2/unet/diffusion_pytorch_model.safetensors"));
+  ASSERT_OK(real);
+  ASSERT_EQ((*unet)->tensors().size(), (*real)->tensors().size());
+  for (const auto& t : (*real)->tensors()) {
+    const auto* mine = (*unet)->Find(t.name);
+    ASSERT_NE(mine, nullptr) << t.name;
+    EXPECT_EQ(mine->shape, t.shape) << t.name;
+  }
+  // And it renders.
+  const std::string imgs = MakeTempDir();
+  ProcessRun rr = Render({"--model", out, "--prompt", "x", "--steps", "2", "--dtype", "bf16", "--out", imgs, "--quiet"});
+  ASSERT_EQ(rr.exit_code, 0) << rr.output;
+  EXPECT_EQ(Pngs(imgs).size(), 1u);
+}
+
+}  // namespace
+}  // namespace sdfarm::tools
