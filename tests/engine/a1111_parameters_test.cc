@@ -167,16 +167,17 @@ TEST(A1111Parse, FollowsTheA1111RegexOnOddValues) {
   ASSERT_OK_AND_ASSIGN(
       GenerationParameters p,
       ParseA1111Parameters("p\nSteps: 5, Sampler: x, CFG scale: 3, Size: 8x16, "
-                           "A: \"x\" y, Empty: \"\", Bad json: \"\\q\", Esc: \"\\u00e9\\ud83d\\ude00\\/\", "
+                           "Tpl: \"x\" y, A: one-letter keys do not match, Empty: \"\", Bad json: \"\\q\", Esc: \"\\u00e9\\ud83d\\ude00\\/\", "
                            "Seed: 7, junk without colon, Last:"));
   EXPECT_EQ(p.seed, 7u);
   EXPECT_EQ(p.width, 8);
   EXPECT_EQ(p.height, 16);
-  // `"x" y` is not a quoted value (the quote does not end it), `""` is the
+  // `"x" y` is not a quoted value (the quote does not end it), a one-letter
+  // key is no key for A1111's regex (\w[\w \-/]+ needs two), `""` is the
   // unquoted alternative but still JSON-decodes, a bad escape keeps the raw
   // text, and "Last:" at the end is an empty value.
   const std::vector<std::pair<std::string, std::string>> extra = {
-      {"A", "\"x\" y"}, {"Empty", ""}, {"Bad json", "\"\\q\""}, {"Esc", "\xc3\xa9\xf0\x9f\x98\x80/"}, {"Last", ""}};
+      {"Tpl", "\"x\" y"}, {"Empty", ""}, {"Bad json", "\"\\q\""}, {"Esc", "\xc3\xa9\xf0\x9f\x98\x80/"}, {"Last", ""}};
   EXPECT_EQ(p.extra, extra);
 }
 

@@ -815,7 +815,9 @@ TEST(PngCorrupt, RandomMutationsNeverCrash) {
     if (iteration % 10 == 0) {
       WriteAll(dir + "/m.png", png);
       auto text = ReadPngText(dir + "/m.png");
-      if (!text.ok()) EXPECT_FALSE(text.status().message().empty());
+      if (!text.ok()) {
+        EXPECT_FALSE(text.status().message().empty());
+      }
     }
   }
 }
