@@ -36,22 +36,23 @@ double MaxRelDiff(const at::Tensor& a, const at::Tensor& b);
 // A fresh, empty temporary folder, removed at process exit.
 std::string MakeTempDir();
 
-// ASSERT_OK / EXPECT_OK take a Status or a StatusOr.
-inline const engine::Status& StatusOf(const engine::Status& s) { return s; }
+// ASSERT_OK / EXPECT_OK take a Status or a StatusOr. By value: the argument
+// is often a temporary that dies before the assertion reads the status.
+inline engine::Status StatusOf(const engine::Status& s) { return s; }
 template <typename T>
-const engine::Status& StatusOf(const engine::StatusOr<T>& s) { return s.status(); }
+engine::Status StatusOf(const engine::StatusOr<T>& s) { return s.status(); }
 
 }  // namespace sdfarm::testing
 
 #define ASSERT_OK(expr)                                                        \
   do {                                                                         \
-    const auto& sdfarm_st_ = ::sdfarm::testing::StatusOf(expr);                \
+    const ::sdfarm::engine::Status sdfarm_st_ = ::sdfarm::testing::StatusOf(expr);                \
     ASSERT_TRUE(sdfarm_st_.ok()) << sdfarm_st_.ToString();                     \
   } while (0)
 
 #define EXPECT_OK(expr)                                                        \
   do {                                                                         \
-    const auto& sdfarm_st_ = ::sdfarm::testing::StatusOf(expr);                \
+    const ::sdfarm::engine::Status sdfarm_st_ = ::sdfarm::testing::StatusOf(expr);                \
     EXPECT_TRUE(sdfarm_st_.ok()) << sdfarm_st_.ToString();                     \
   } while (0)
 

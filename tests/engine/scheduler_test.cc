@@ -249,14 +249,23 @@ TEST(SchedulerGolden, ReplaysEveryPipelineRun) {
       const double strength = kwargs["strength"].get<double>();
       const int init_timestep = std::min(static_cast<int>(steps * strength), steps);
       first = static_cast<int64_t>(std::max(steps - init_timestep, 0)) * s->order();
-      EXPECT_EQ(s->timesteps()[first].item<int64_t>(), g["add_noise_timesteps"][0].item<int64_t>());
+      EXPECT_EQ(s->timesteps()[first].item<double>(), g["add_noise_timesteps"][0].item<double>());
+      // Generator draws: the VAE posterior sample of the one input image, then the noise.
+      std::vector<int64_t> one_image = g["add_noise_noise"].sizes().vec();
+      one_image[0] = 1;
+      (void)noise(one_image);
+      EXPECT_TRUE(at::equal(noise(g["add_noise_noise"].sizes()), g["add_noise_noise"])) << "the pipeline's noise draw";
       latents = s->AddNoise(g["add_noise_original"], g["add_noise_noise"], first);
       EXPECT_LE(MaxRelDiff(latents, g["add_noise_out"]), kTolerance);
       EXPECT_LE(MaxRelDiff(latents, g["latents_init"]), kTolerance);
     } else {
       const at::Tensor& init = g.count("noise_init") ? g["noise_init"] : g["prepare_latents_noise"];
       EXPECT_TRUE(at::equal(noise(init.sizes()), init)) << "the pipeline's first draw";
-      if (g.count("masked_image_latents")) (void)noise(init.sizes());  // inpaint: masked image sample
+      if (g.count("masked_image_latents")) {  // inpaint: then the masked image's VAE sample
+        std::vector<int64_t> one_image = init.sizes().vec();
+        one_image[0] = 1;
+        (void)noise(one_image);
+      }
       latents = g["latents_init"];
       EXPECT_LE(MaxRelDiff(init * s->init_noise_sigma(), latents), kTolerance);
     }
@@ -392,6 +401,84 @@ TEST(SchedulerSteps, AcceptsHalfModelOutputsAndReturnsFloat) {
       EXPECT_THROW(s->Step(x, 0, x, NoiseFn()), std::exception);
     }
   }
+}
+
+// Settings the golden files do not reach (spacings, step counts, PRK warm-up,
+// Karras sigmas for Euler/LMS, every prediction type) still give a schedule
+// that runs to the end with finite values.
+TEST(SchedulerSteps, EveryConfigurationRunsToTheEnd) {
+  for (const char* spacing : {"linspace", "leading", "trailing"}) {
+    for (const char* prediction : {"epsilon", "v_prediction", "sample"}) {
+      for (bool karras : {false, true}) {
+        Json j = Json::parse(ReadText(ModelPath("tiny-sd/scheduler/scheduler_config.json")));
+        j["timestep_spacing"] = spacing;
+        j["prediction_type"] = prediction;
+        j["use_karras_sigmas"] = karras;
+        j["skip_prk_steps"] = !karras;  // PNDM's Runge-Kutta warm-up too
+        ASSERT_OK_AND_ASSIGN(SchedulerConfig config, SchedulerConfig::FromJson(j.dump()));
+        for (Sampler sampler : AllSamplers()) {
+          StatusOr<std::unique_ptr<Scheduler>> made = MakeScheduler(sampler, config);
+          if (!made.ok()) {  // pndm and euler_a have no "sample" prediction, as in diffusers
+            EXPECT_EQ(std::string(prediction), "sample");
+            continue;
+          }
+          Scheduler& s = **made;
+          for (int steps : {1, 4, 7, 50}) {
+            SCOPED_TRACE(std::string(SamplerName(sampler)) + " " + spacing + " " + prediction +
+                         (karras ? " karras " : " ") + std::to_string(steps) + " steps");
+            if (sampler == Sampler::kPndm && !config.skip_prk_steps && steps < 4) {
+              EXPECT_FALSE(s.SetTimesteps(steps).ok());
+              continue;
+            }
+            ASSERT_OK(s.SetTimesteps(steps));
+            ASSERT_GT(s.num_timesteps(), 0);
+            std::vector<at::Generator> gens = {CpuGenerator(11)};
+            const NoiseFn noise = NoiseFrom(&gens);
+            at::Tensor x = at::randn({1, 4, 4, 4}, gens[0]) * s.init_noise_sigma();
+            for (int64_t i = 0; i < s.num_timesteps(); ++i) {
+              x = s.Step(s.ScaleModelInput(x, i) * 0.1, i, x, noise);
+            }
+            EXPECT_TRUE(at::isfinite(x).all().item<bool>());
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(SchedulerSteps, KarrasSigmasForEulerAndLms) {
+  ASSERT_OK_AND_ASSIGN(SchedulerConfig config,
+                       SchedulerConfig::FromFile(ModelPath("tiny-sd/scheduler/scheduler_config.json")));
+  config.use_karras_sigmas = true;
+  for (Sampler sampler : {Sampler::kEuler, Sampler::kLms}) {
+    SCOPED_TRACE(SamplerName(sampler));
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Scheduler> s, MakeScheduler(sampler, config));
+    ASSERT_OK(s->SetTimesteps(20));
+    const at::Tensor sig = s->sigmas().to(at::kDouble);
+    ASSERT_EQ(sig.numel(), 21);
+    // From the largest to the smallest interpolated training sigma, then 0.
+    EXPECT_NEAR(sig[0].item<double>(), 14.614645, 1e-5);
+    EXPECT_NEAR(sig[19].item<double>(), 0.0291675, 1e-6);
+    EXPECT_EQ(sig[20].item<double>(), 0.0);
+    EXPECT_TRUE((sig.slice(0, 1) < sig.slice(0, 0, -1)).all().item<bool>());
+    // Fractional timesteps, float64 as diffusers keeps them, from 999 down to 0.
+    EXPECT_EQ(s->timesteps().scalar_type(), at::kDouble);
+    EXPECT_NEAR(s->timesteps()[0].item<double>(), 999.0, 1e-6);
+    EXPECT_NEAR(s->timesteps()[19].item<double>(), 0.0, 1e-6);
+  }
+}
+
+// DPM-Solver drops the repeats that rounding the Karras timesteps creates.
+TEST(SchedulerSteps, DpmSolverKarrasDropsRepeatedTimesteps) {
+  ASSERT_OK_AND_ASSIGN(SchedulerConfig config,
+                       SchedulerConfig::FromFile(ModelPath("tiny-sd/scheduler/scheduler_config.json")));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Scheduler> s, MakeScheduler(Sampler::kDpmpp2mKarras, config));
+  ASSERT_OK(s->SetTimesteps(200));
+  const at::Tensor ts = s->timesteps();
+  EXPECT_LT(ts.numel(), 200);
+  EXPECT_EQ(std::get<0>(at::_unique(ts)).numel(), ts.numel());
+  EXPECT_TRUE((ts.slice(0, 1) < ts.slice(0, 0, -1)).all().item<bool>());
+  EXPECT_EQ(s->sigmas().numel(), 200);
 }
 
 // add_noise for the sigma schedulers is x + sigma * noise at that step's sigma.

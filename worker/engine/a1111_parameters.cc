@@ -337,18 +337,30 @@ std::string FormatNumber(double v) {
   for (char c : mantissa) {
     if (c != '.') digits += c;
   }
+  std::string out = sign;
   if (exponent < -4 || exponent >= 16) {
-    std::string out = sign + digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
+    out += digits[0];
+    if (digits.size() > 1) {
+      out += '.';
+      out.append(digits, 1, std::string::npos);
+    }
     char exp_buf[16];
     std::snprintf(exp_buf, sizeof(exp_buf), "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
-    return out + exp_buf;
+    out += exp_buf;
+  } else if (exponent < 0) {
+    out += "0.";
+    out.append(static_cast<size_t>(-exponent - 1), '0');
+    out += digits;
+  } else if (digits.size() <= static_cast<size_t>(exponent) + 1) {
+    out += digits;
+    out.append(exponent + 1 - digits.size(), '0');
+    out += ".0";
+  } else {
+    out.append(digits, 0, exponent + 1);
+    out += '.';
+    out.append(digits, exponent + 1, std::string::npos);
   }
-  if (exponent < 0) return sign + "0." + std::string(-exponent - 1, '0') + digits;
-  if (digits.size() <= static_cast<size_t>(exponent) + 1) {
-    return sign + digits + std::string(exponent + 1 - digits.size(), '0') + ".0";
-  }
-  return sign + digits.substr(0, exponent + 1) + "." + digits.substr(exponent + 1);
+  return out;
 }
 
 std::string FormatA1111Parameters(const GenerationParameters& p) {

@@ -250,7 +250,6 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
     const int64_t latent_ch = m.vae->config().latent_channels;
     const double scaling = m.vae->config().scaling_factor;
     const auto dev = m.device;
-    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(dev);
 
     // 1. Text: every distinct prompt is encoded once.
     bool cfg = false;

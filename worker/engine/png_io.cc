@@ -10,6 +10,7 @@
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <new>
 
 #include "common/status_macros.h"
@@ -215,6 +216,28 @@ Status CheckPngHeader(std::string_view bytes) {
   return OkStatus();
 }
 
+// Rejects a chunk whose length field points past the end of the data. libpng
+// allocates and clears a text chunk's declared length (up to kMaxChunkBytes)
+// before finding out that the bytes are missing; this makes such input cheap.
+Status CheckChunkLengths(std::string_view bytes) {
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  size_t pos = sizeof(kPngSignature);
+  while (pos + 8 <= bytes.size()) {
+    const uint32_t length = png_get_uint_32(p + pos);
+    if (length > bytes.size() - pos - 8) {
+      std::string type(reinterpret_cast<const char*>(p + pos + 4), 4);
+      for (char& c : type) {
+        if (c < 33 || c > 126) c = '?';
+      }
+      return DataLossError("truncated PNG: chunk " + type + " at offset " + std::to_string(pos) + " claims " +
+                           std::to_string(length) + " bytes, only " + std::to_string(bytes.size() - pos - 8) +
+                           " remain");
+    }
+    pos += size_t{12} + length;
+  }
+  return OkStatus();
+}
+
 // Pillow's integer ITU-R 601-2 luma (Convert.c, L24 / rgb2l).
 inline uint8_t Luma(uint32_t r, uint32_t g, uint32_t b) {
   return static_cast<uint8_t>((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16);
@@ -331,9 +354,16 @@ StatusOr<Image> DecodePngImpl(std::string_view bytes, int want_channels) {
                                   " needs a " + std::to_string(buffer_bytes >> 20) + " MiB buffer, over the " +
                                   std::to_string(kMaxPngBufferBytes >> 20) + " MiB limit");
     }
-    std::vector<uint8_t> buffer(buffer_bytes);
+    // Left uninitialised on purpose: pages are only touched as passes
+    // decode, so a tiny file claiming a huge interlaced image fails before
+    // costing real memory. libpng writes every byte before the image is done.
+    std::unique_ptr<uint8_t[]> buffer(new (std::nothrow) uint8_t[buffer_bytes]);
+    if (buffer == nullptr) {
+      return ResourceExhaustedError("cannot allocate " + std::to_string(buffer_bytes >> 20) +
+                                    " MiB for an interlaced PNG");
+    }
     std::vector<png_bytep> rows(s->height);
-    for (png_uint_32 y = 0; y < s->height; ++y) rows[y] = buffer.data() + s->rowbytes * y;
+    for (png_uint_32 y = 0; y < s->height; ++y) rows[y] = buffer.get() + s->rowbytes * y;
     if (!ReadImageProtected(s, rows.data())) return reader.Error();
     image.pixels.resize(out_bytes);
     for (png_uint_32 y = 0; y < s->height; ++y) {
@@ -693,6 +723,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
 StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPngTextImpl(const std::string& path) {
   ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(path));
   RETURN_IF_ERROR(CheckPngHeader(bytes));
+  RETURN_IF_ERROR(CheckChunkLengths(bytes));
   PngReader reader(bytes, /*keep_text=*/true);
   RETURN_IF_ERROR(reader.Start());
   PngReadState* s = reader.state();

@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <exception>
+#include <numbers>
 #include <string>
 #include <utility>
 
@@ -127,7 +128,7 @@ StatusOr<NoiseTables> MakeNoiseTables(const SchedulerConfig& config, std::string
   } else if (config.beta_schedule == "squaredcos_cap_v2") {
     // GLIDE's cosine schedule (betas_for_alpha_bar), in Python floats.
     auto alpha_bar = [](double t) {
-      const double c = std::cos((t + 0.008) / 1.008 * M_PI / 2);
+      const double c = std::cos((t + 0.008) / 1.008 * std::numbers::pi / 2);
       return c * c;
     };
     std::vector<double> b;
@@ -291,11 +292,11 @@ StatusOr<std::vector<int64_t>> AlphaScheduleTimesteps(const std::string& spacing
 // --- Tensor helpers ----------------------------------------------------------
 
 at::Tensor FloatTable(const std::vector<float>& values) {
-  return at::tensor(at::ArrayRef<float>(values), at::kFloat).clone();
+  return at::tensor(at::ArrayRef<float>(values), at::kFloat);
 }
 
 at::Tensor LongTable(const std::vector<int64_t>& values) {
-  return at::tensor(at::ArrayRef<int64_t>(values), at::kLong).clone();
+  return at::tensor(at::ArrayRef<int64_t>(values), at::kLong);
 }
 
 at::Tensor DrawNoise(const NoiseFn& noise, const at::Tensor& like, std::string_view who) {
@@ -393,14 +394,16 @@ Status SigmaScheduler::ComputeSchedule(int num_inference_steps) {
   std::vector<double> sigmas = NpInterp(x, train_sigmas_);
   if (karras_) {
     sigmas = KarrasSigmas(/*sigma_min=*/sigmas.back(), /*sigma_max=*/sigmas.front(), n);
-    // diffusers keeps these fractional timesteps in float64; they only feed
-    // the UNet, which casts them to float32 first, so float32 here is the same.
-    for (size_t i = 0; i < sigmas.size(); ++i) ts[i] = static_cast<float>(SigmaToT(sigmas[i], log_sigmas_));
+    // Fractional timesteps, which diffusers keeps in float64.
+    std::vector<double> karras_ts;
+    for (double sigma : sigmas) karras_ts.push_back(SigmaToT(sigma, log_sigmas_));
+    timesteps_ = at::tensor(karras_ts, at::kDouble);
+  } else {
+    timesteps_ = FloatTable(ts);
   }
   std::vector<float> sigmas_f(sigmas.begin(), sigmas.end());
   sigmas_f.push_back(0.0f);
   sigmas_ = FloatTable(sigmas_f);
-  timesteps_ = FloatTable(ts);
   UpdateInitNoiseSigma();
   return OkStatus();
 }

@@ -25,11 +25,13 @@
 // SetTimesteps resets it). Schedulers are not thread-safe; use one per job.
 //
 // Numerics follow diffusers on CPU: the tables (betas, alphas_cumprod,
-// sigmas, timesteps) live on the CPU in float32 (float64 where diffusers used
-// numpy), per-step coefficients are 0-d float32 CPU tensors computed with the
-// same operations in the same order, and the tensor math runs in float32 on
-// the device of `sample` (0-d CPU tensors mix with device tensors without any
-// device-to-host synchronisation).
+// sigmas, timesteps) live on the CPU, built with diffusers' dtypes (torch
+// float32; numpy float64 for timestep spacing, interpolation and Karras
+// sigmas); per-step coefficients are 0-d float32 CPU tensors computed with the
+// same operations in the same order; the tensor math runs in float32 on the
+// device of `sample` (0-d CPU tensors mix with device tensors without any
+// device-to-host synchronisation). On CPU the golden runs match bit for bit
+// (LMS to ~2e-7: diffusers integrates its coefficients numerically).
 #ifndef SDFARM_WORKER_ENGINE_SCHEDULER_H_
 #define SDFARM_WORKER_ENGINE_SCHEDULER_H_
 
@@ -82,8 +84,10 @@ class Scheduler {
   virtual Status SetTimesteps(int num_inference_steps) = 0;
 
   // As diffusers holds them, on the CPU: int64 for PNDM/DDIM/DDPM/DPM-Solver,
-  // float32 for Euler/EulerA/LMS. PNDM with skip_prk_steps has N + 1 entries
-  // for N steps (its second timestep is repeated).
+  // float32 for Euler/EulerA/LMS (float64 when use_karras_sigmas gives them
+  // fractional values; the UNet casts timesteps to float32 either way). PNDM
+  // with skip_prk_steps has N + 1 entries for N steps (its second timestep is
+  // repeated); DPM-Solver drops repeats, so it may have fewer than N.
   const at::Tensor& timesteps() const { return timesteps_; }
   int64_t num_timesteps() const { return timesteps_.defined() ? timesteps_.numel() : 0; }
   // float32 CPU: Euler/EulerA/LMS: N + 1 (trailing 0); DPM-Solver: the 1000
