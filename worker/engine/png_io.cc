@@ -666,7 +666,8 @@ class Fd {
 };
 
 StatusOr<std::string> ReadFileBytes(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO must not hang; it is refused just below.
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (fd.get() < 0) return ErrnoError(errno, "cannot open");
   struct stat st = {};
   if (::fstat(fd.get(), &st) != 0) return ErrnoError(errno, "cannot stat");
