@@ -13,6 +13,7 @@
 #include "tests/engine/golden.h"
 #include "worker/engine/component_loader.h"
 #include "worker/engine/safetensors.h"
+#include "worker/engine/weights.h"
 
 namespace sdfarm::engine {
 namespace {
@@ -172,6 +173,26 @@ TEST(ModelLoading, Bf16WeightsLoadIntoABf16Model) {
   at::Tensor out = te->Forward(g["input_ids"]).last_hidden_state;
   EXPECT_EQ(out.scalar_type(), at::kBFloat16);
   EXPECT_LE(MaxAbsDiff(out.to(at::kFloat), g["last_hidden_state"]), 0.25);
+}
+
+}  // namespace
+}  // namespace sdfarm::engine
+
+namespace sdfarm::engine {
+namespace {
+
+TEST(StatusFromException, OutOfMemoryIsResourceExhaustedAndBacktracesAreCut) {
+  const Status cuda = StatusFromException(
+      std::runtime_error("CUDA out of memory. Tried to allocate 2.00 GiB\nException raised from malloc at x.cpp:1"),
+      "render");
+  EXPECT_EQ(cuda.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(cuda.message().find("Exception raised from"), std::string::npos) << cuda.message();
+  const Status cpu = StatusFromException(
+      std::runtime_error("[enforce fail at alloc_cpu.cpp:75] DefaultCPUAllocator: can't allocate memory"), "render");
+  EXPECT_EQ(cpu.code(), StatusCode::kResourceExhausted);
+  const Status other = StatusFromException(std::runtime_error("shape mismatch"), "render");
+  EXPECT_EQ(other.code(), StatusCode::kInternal);
+  EXPECT_EQ(other.message(), "render: shape mismatch");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <png.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -347,7 +348,8 @@ TEST(PngIo, RejectsBadWantChannels) {
 // Unpack.c unpacks, Convert.c converts (checked against Pillow's sources).
 
 TEST(PngConvert, PillowLumaUsesTheIntegerL24Formula) {
-  // 0x00ff00 is 150 with L24; the old float-free "L / 1000" formula gave 149.
+  // 0x00ff00 is 150 with L24 (Pillow >= 7.0, PR #4320; P -> L since 9.0, PR
+  // #5824); the older integer "L / 1000" formula gave 149.
   const std::string png = BuildPng(RowSpec(PNG_COLOR_TYPE_RGB, 8, {255, 0, 0, 0, 255, 0, 0, 0, 255, 12, 34, 56}));
   ExpectDecodes(png, {255, 0, 0, 0, 255, 0, 0, 0, 255, 12, 34, 56}, {76, 150, 29, 30});
 }
@@ -786,6 +788,25 @@ TEST(PngCorrupt, FileErrors) {
   const auto directory = ReadPng(dir, 3);
   EXPECT_FALSE(directory.ok());
   EXPECT_NE(directory.status().message().find(dir), std::string::npos) << directory.status().ToString();
+}
+
+TEST(PngCorrupt, TextChunkClaimingMoreThanTheFileIsCheap) {
+  // libpng would allocate and clear the claimed 8 MB before noticing.
+  ASSERT_OK_AND_ASSIGN(std::string png, EncodePng(MakeImage(4, 4, 3, 1)));
+  const std::vector<Chunk> chunks = ParseChunks(png);
+  const std::string lying = png.substr(0, chunks[0].end_offset) + Be32(7999999) + "tEXt" + "key" + '\0' + "text";
+  const std::string path = MakeTempDir() + "/lying_text.png";
+  WriteAll(path, lying);
+  const auto text = ReadPngText(path);
+  EXPECT_EQ(text.status().code(), StatusCode::kDataLoss) << text.status().ToString();
+  EXPECT_NE(text.status().message().find("tEXt"), std::string::npos) << text.status().ToString();
+}
+
+TEST(PngCorrupt, FifoIsRefusedWithoutBlocking) {
+  const std::string path = MakeTempDir() + "/fifo.png";
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  const auto result = ReadPng(path, 3);
+  EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument) << result.status().ToString();
 }
 
 TEST(PngCorrupt, RandomMutationsNeverCrash) {

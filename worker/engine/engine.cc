@@ -254,18 +254,21 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
     // 1. Text: every distinct prompt is encoded once.
     bool cfg = false;
     for (const auto& it : r.items) cfg = cfg || it.guidance_scale > 1.0;
-    std::map<std::string, int64_t> row_of;
+    struct Row {
+      int64_t index;
+      int dropped_tokens;
+    };
+    std::map<std::string, Row> row_of;
     std::vector<at::Tensor> id_rows;
     auto row = [&](const std::string& text, int* dropped) {
       auto found = row_of.find(text);
-      if (found != row_of.end()) {
-        if (dropped) *dropped = m.tokenizer->EncodePadded(text).dropped_tokens;
-        return found->second;
+      if (found == row_of.end()) {
+        ClipTokenizer::Padded p = m.tokenizer->EncodePadded(text);
+        id_rows.push_back(at::tensor(p.ids, at::kLong));
+        found = row_of.emplace(text, Row{static_cast<int64_t>(id_rows.size()) - 1, p.dropped_tokens}).first;
       }
-      ClipTokenizer::Padded p = m.tokenizer->EncodePadded(text);
-      if (dropped) *dropped = p.dropped_tokens;
-      id_rows.push_back(at::tensor(p.ids, at::kLong));
-      return row_of[text] = static_cast<int64_t>(id_rows.size()) - 1;
+      if (dropped) *dropped = found->second.dropped_tokens;
+      return found->second.index;
     };
     std::vector<int64_t> cond_rows, uncond_rows;
     result.dropped_tokens.resize(batch);

@@ -7,8 +7,8 @@
 // palette, RGB, RGBA; 1/2/4/8/16 bits; interlaced or not):
 //   - alpha (an alpha channel or tRNS) is dropped, never composited;
 //   - gray is replicated to RGB; 1/2/4-bit gray is scaled to 0..255;
-//   - palette indices past the end of PLTE read as black (Pillow's palette is
-//     zero-filled);
+//   - palette indices past the end of PLTE read as black (Pillow >= 10.1
+//     zero-fills its palette, PR #7289; older Pillow gave gray (i, i, i));
 //   - 16-bit RGB, RGBA and gray+alpha keep the high byte, but 16-bit gray
 //     (Pillow mode "I;16") is *clipped*: min(v, 255), so 0x1234 -> 255;
 //   - L from colour is Pillow's integer ITU-R 601-2 luma
