@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
   f.Add("sampler", "NAME", "", "euler");
   f.Add("device", "DEV", "", "cpu");
   f.Add("dtype", "TYPE", "");
-  f.Add("threads", "N", "0: LibTorch's default", "0");
+  f.Add("threads", "N", "0: one per core", "0");
   f.Add("shared", "DIR", "fixtures folder (matrix mode)", SDFARM_SHARED_DIR);
   f.Add("cache", "DIR", "where the random SD 1.5-shaped model is kept (matrix mode)", SDFARM_BENCH_CACHE);
   if (auto s = f.Parse(argc, argv); !s.ok()) {
@@ -191,5 +191,9 @@ int main(int argc, char** argv) {
     std::cout << f.Usage();
     return 0;
   }
-  return f.Has("model") ? RunOne(f) : RunMatrix(f, "/proc/self/exe");
+  if (f.Has("model")) return RunOne(f);
+  // Re-run this binary per configuration (popen goes through sh, so /proc/self/exe would be sh).
+  std::error_code ec;
+  const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
+  return RunMatrix(f, ec ? argv[0] : self.c_str());
 }

@@ -62,7 +62,7 @@ TEST_F(EngineTest, BadRequestsAreRejectedBeforeAnyCompute) {
   Image small{32, 32, 3, std::vector<uint8_t>(32 * 32 * 3, 128)};
   const std::vector<Case> cases = {
       {[](RenderRequest& r) { r.items.clear(); }, "no prompt"},
-      {[](RenderRequest& r) { r.items[0].prompt = " "; }, "prompt is empty"},
+      {[](RenderRequest& r) { r.items[0].prompt.assign(2, ' '); }, "prompt is empty"},
       {[](RenderRequest& r) { r.width = 100; }, "multiples of 8"},
       {[](RenderRequest& r) { r.height = 0 - 8; }, "multiples of 8"},
       {[](RenderRequest& r) { r.steps = 0; }, "steps"},

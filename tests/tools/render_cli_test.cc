@@ -36,7 +36,10 @@ std::string Quote(const std::string& s) {
 
 ProcessRun RunTool(const std::string& binary, const std::vector<std::string>& args) {
   std::string cmd = Quote(binary);
-  for (const auto& a : args) cmd += " " + Quote(a);
+  for (const auto& a : args) {
+    cmd.push_back(' ');
+    cmd.append(Quote(a));
+  }
   cmd += " 2>&1";
   ProcessRun r;
   FILE* p = popen(cmd.c_str(), "r");

@@ -118,6 +118,16 @@ StatusOr<at::Tensor> SafetensorsFile::Get(const std::string& name) const {
   return at::from_blob(ptr, info->shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
+void SafetensorsFile::DropPages(const StTensorInfo& info) const {
+  if (mapping_->data == nullptr) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t base = reinterpret_cast<uintptr_t>(mapping_->data);
+  // Only whole pages inside this tensor: neighbours keep theirs.
+  const uintptr_t begin = (base + header_.data_start + info.begin + page - 1) / page * page;
+  const uintptr_t end = (base + header_.data_start + info.end) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 Status WriteSafetensors(const std::string& path,
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                         const std::map<std::string, std::string>& metadata) {

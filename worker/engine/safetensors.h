@@ -39,6 +39,12 @@ class SafetensorsFile {
   // the data is not aligned for its element type.
   StatusOr<at::Tensor> Get(const std::string& name) const;
 
+  // Tells the kernel this process is done with the tensor's bytes for now:
+  // they leave its resident set (and are read again from the page cache if a
+  // view touches them later). The loader calls it after copying each weight,
+  // so peak memory is the model plus one tensor, not the model twice.
+  void DropPages(const StTensorInfo& info) const;
+
  private:
   struct Mapping;
   SafetensorsFile(std::string path, std::shared_ptr<Mapping> mapping, SafetensorsHeader header);

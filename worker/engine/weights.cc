@@ -112,6 +112,7 @@ Status LoadParams(ParamSet& params, const std::vector<std::shared_ptr<Safetensor
       if (!t.ok()) return t.status();
       at::Tensor w = conv_as_linear ? t->reshape(slot.shape) : *t;
       *slot.tensor = w.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+      src->file->DropPages(*src->info);
     }
   } catch (const std::exception& e) {
     return StatusFromException(e, "loading weights to " + device.str());

@@ -46,7 +46,7 @@ void DefineFlags(CliFlags& f) {
   f.Add("batch", "N", "images rendered together in one pass (more is faster on a GPU, needs more memory)", "1");
   f.Add("device", "DEV", "cpu, cuda or cuda:N", "cpu");
   f.Add("dtype", "TYPE", "fp32, fp16 or bf16 (default: fp32 on cpu, fp16 on cuda)");
-  f.Add("threads", "N", "CPU threads for LibTorch (0: its default)", "0");
+  f.Add("threads", "N", "CPU threads (0: one per core)", "0");
   f.Add("init-image", "PNG", "img2img / inpainting source image");
   f.Add("strength", "S", "img2img denoising strength in (0, 1]", "0.8");
   f.Add("mask", "PNG", "inpainting mask (white = repaint); needs an inpainting model");
