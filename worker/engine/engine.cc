@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -122,8 +123,11 @@ class NoiseSource {
 //    to the kernel on free, so every step page-faults its activations in again
 //    (~8% of step time). Keep blocks up to glibc's mmap maximum in the heap.
 void ConfigureCpu(int threads) {
-  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);
+  if (threads > 0) {
+    at::set_num_threads(threads);
+  } else if (std::getenv("OMP_NUM_THREADS") == nullptr) {  // an explicit environment wins
+    at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  }
   static std::once_flag once;
   std::call_once(once, [] {
     using SetThreads = void (*)(int);

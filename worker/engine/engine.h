@@ -41,7 +41,7 @@ namespace sdfarm::engine {
 struct EngineOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
   std::string dtype;           // "fp32", "fp16", "bf16"; empty: fp32 on CPU, fp16 on CUDA
-  int threads = 0;             // intra-op CPU threads; 0: one per core
+  int threads = 0;             // intra-op CPU threads; 0: OMP_NUM_THREADS if set, else one per core
 };
 
 enum class SeedMode {
