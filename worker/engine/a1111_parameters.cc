@@ -1,4 +1,5 @@
 #include "worker/engine/a1111_parameters.h"
+#include "worker/engine/unicode_data.h"
 
 #include <charconv>
 #include <cmath>
@@ -106,24 +107,6 @@ std::string JsonQuote(std::string_view text) {
   return out;
 }
 
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xc0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xe0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  } else {
-    out->push_back(static_cast<char>(0xf0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  }
-}
-
 bool ReadHex4(std::string_view s, size_t pos, uint32_t* value) {
   if (pos + 4 > s.size()) return false;
   *value = 0;
@@ -189,7 +172,7 @@ std::optional<std::string> JsonUnquote(std::string_view text) {
         } else if (cp >= 0xdc00 && cp <= 0xdfff) {
           cp = 0xfffd;
         }
-        AppendUtf8(cp, &out);
+        unicode::AppendUtf8(cp, &out);
         break;
       }
       default:

@@ -1,4 +1,5 @@
 #include "worker/engine/png_io.h"
+#include "worker/engine/unicode_data.h"
 
 #include <fcntl.h>
 #include <png.h>
@@ -416,28 +417,10 @@ int32_t NextCodePoint(std::string_view text, size_t* pos) {
   return cp;
 }
 
-void AppendUtf8(int32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xc0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xe0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  } else {
-    out->push_back(static_cast<char>(0xf0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  }
-}
-
 std::string Latin1ToUtf8(std::string_view latin1) {
   std::string out;
   out.reserve(latin1.size());
-  for (char c : latin1) AppendUtf8(static_cast<uint8_t>(c), &out);
+  for (char c : latin1) unicode::AppendUtf8(static_cast<uint8_t>(c), &out);
   return out;
 }
 
@@ -448,7 +431,7 @@ std::string SanitizeUtf8(std::string_view text) {
   size_t pos = 0;
   while (pos < text.size()) {
     const int32_t cp = NextCodePoint(text, &pos);
-    AppendUtf8(cp < 0 ? 0xfffd : cp, &out);
+    unicode::AppendUtf8(cp < 0 ? 0xfffd : cp, &out);
   }
   return out;
 }
