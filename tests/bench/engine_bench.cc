@@ -48,6 +48,18 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;  // KiB on Linux
 }
 
+// The GPU's name as nvidia-smi reports it; "" on machines without one. (Read
+// through the driver's tool so this file needs no CUDA headers.)
+std::string GpuName() {
+  FILE* p = popen("nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1", "r");
+  if (p == nullptr) return "";
+  char buf[256] = {0};
+  std::string name = fgets(buf, sizeof(buf), p) ? buf : "";
+  pclose(p);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  return name;
+}
+
 int RunOne(const CliFlags& f) {
   sdfarm::engine::EngineOptions opts;
   opts.device = f.Get("device");
@@ -117,6 +129,7 @@ int RunOne(const CliFlags& f) {
       {"libtorch", TORCH_VERSION},
       {"fused_attention", sdfarm::engine::UsesFusedAttention()},
   };
+  if (info.device.rfind("cuda", 0) == 0) out["gpu"] = GpuName();
   std::cout << out.dump() << std::endl;
   return 0;
 }
