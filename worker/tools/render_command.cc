@@ -176,7 +176,7 @@ int RunRender(int argc, char** argv) {
   // Validate the whole run up front so a bad request fails before any compute.
   {
     RenderRequest probe = base;
-    probe.items = {items.front()};
+    probe.items = items;
     if (auto s = (*engine)->Validate(probe); !s.ok()) return Fail(s, 2);
   }
   const std::string sampler_name = base.sampler.empty() ? info.default_sampler : base.sampler;
