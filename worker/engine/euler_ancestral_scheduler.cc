@@ -24,13 +24,7 @@ class EulerAncestralScheduler final : public SigmaScheduler {
     const at::Tensor sample = AsFloat32(sample_in);
     const at::Tensor sigma = Sigma(step_index);
 
-    at::Tensor pred_original_sample;
-    if (prediction_type_ == "epsilon") {
-      pred_original_sample = sample - sigma * model_output;
-    } else {  // v_prediction (MakeEulerAncestralScheduler rejects "sample", as diffusers does)
-      pred_original_sample =
-          model_output * (-sigma / (sigma.pow(2) + 1).pow(0.5)) + (sample / (sigma.pow(2) + 1));
-    }
+    const at::Tensor pred_original_sample = PredictOriginalSample(sample, model_output, sigma, sigma);
 
     const at::Tensor sigma_from = Sigma(step_index);
     const at::Tensor sigma_to = Sigma(step_index + 1);

@@ -31,15 +31,7 @@ class EulerScheduler final : public SigmaScheduler {
     if (noise) (void)noise(model_output.sizes());
     const at::Tensor sigma_hat = sigma * (gamma + 1);
 
-    at::Tensor pred_original_sample;
-    if (prediction_type_ == "sample") {
-      pred_original_sample = model_output;
-    } else if (prediction_type_ == "epsilon") {
-      pred_original_sample = sample - sigma_hat * model_output;
-    } else {  // v_prediction: c_out * output + c_skip * input
-      pred_original_sample =
-          model_output * (-sigma / (sigma.pow(2) + 1).pow(0.5)) + (sample / (sigma.pow(2) + 1));
-    }
+    const at::Tensor pred_original_sample = PredictOriginalSample(sample, model_output, sigma, sigma_hat);
 
     const at::Tensor derivative = (sample - pred_original_sample) / sigma_hat;
     const at::Tensor dt = Sigma(step_index + 1) - sigma_hat;

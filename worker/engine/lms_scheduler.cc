@@ -38,15 +38,7 @@ class LmsScheduler final : public SigmaScheduler {
     const at::Tensor sigma = Sigma(step_index);
 
     // 1. predicted x0
-    at::Tensor pred_original_sample;
-    if (prediction_type_ == "epsilon") {
-      pred_original_sample = sample - sigma * model_output;
-    } else if (prediction_type_ == "v_prediction") {
-      pred_original_sample =
-          model_output * (-sigma / (sigma.pow(2) + 1).pow(0.5)) + (sample / (sigma.pow(2) + 1));
-    } else {  // sample
-      pred_original_sample = model_output;
-    }
+    const at::Tensor pred_original_sample = PredictOriginalSample(sample, model_output, sigma, sigma);
 
     // 2. ODE derivative, kept for the multistep history
     derivatives_.push_back((sample - pred_original_sample) / sigma);

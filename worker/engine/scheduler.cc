@@ -408,6 +408,15 @@ Status SigmaScheduler::ComputeSchedule(int num_inference_steps) {
   return OkStatus();
 }
 
+at::Tensor SigmaScheduler::PredictOriginalSample(const at::Tensor& sample, const at::Tensor& model_output,
+                                                 const at::Tensor& sigma, const at::Tensor& eps_sigma) const {
+  if (prediction_type_ == "epsilon") return sample - eps_sigma * model_output;
+  if (prediction_type_ == "v_prediction") {  // c_out * output + c_skip * input
+    return model_output * (-sigma / (sigma.pow(2) + 1).pow(0.5)) + (sample / (sigma.pow(2) + 1));
+  }
+  return model_output;  // "sample" (rejected for Euler a by its factory, as in diffusers)
+}
+
 at::Tensor SigmaScheduler::ScaleModelInput(const at::Tensor& sample, int64_t step_index) {
   CheckStepIndex(step_index);
   const at::Tensor sigma = Sigma(step_index);

@@ -103,6 +103,11 @@ class SigmaScheduler : public Scheduler {
   Status ComputeSchedule(int num_inference_steps);
   // The 0-d float32 CPU sigma at index i (diffusers' self.sigmas[i]).
   at::Tensor Sigma(int64_t i) const { return sigmas_[i]; }
+  // diffusers' x0 prediction, shared by Euler, Euler a and LMS. `eps_sigma`
+  // scales the epsilon branch: Euler passes its sigma_hat there (equal to
+  // sigma when s_churn is 0), the others pass sigma.
+  at::Tensor PredictOriginalSample(const at::Tensor& sample, const at::Tensor& model_output, const at::Tensor& sigma,
+                                   const at::Tensor& eps_sigma) const;
 
   int64_t num_train_timesteps_;
   std::string spacing_;
