@@ -19,6 +19,25 @@ void CliFlags::AddBool(const std::string& name, const std::string& help) {
   specs_.push_back({name, "", help, std::nullopt, false, true});
 }
 
+void CliFlags::SetEnv(const std::string& name, const std::string& env) {
+  for (auto& s : specs_) {
+    if (s.name == name) s.env = env;
+  }
+}
+
+void CliFlags::AllowPositional(std::string metavar, std::string help) {
+  allow_positional_ = true;
+  positional_metavar_ = std::move(metavar);
+  positional_help_ = std::move(help);
+}
+
+std::optional<std::string> CliFlags::FromEnv(const Spec& spec) const {
+  if (spec.env.empty()) return std::nullopt;
+  const char* v = std::getenv(spec.env.c_str());
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  return std::string(v);
+}
+
 const CliFlags::Spec* CliFlags::Find(const std::string& name) const {
   for (const auto& s : specs_) {
     if (s.name == name) return &s;
@@ -32,6 +51,14 @@ Status CliFlags::Parse(int argc, char** argv) {
     if (arg == "-h" || arg == "--help") {
       help_ = true;
       return OkStatus();
+    }
+    if (arg == "--" && allow_positional_) {
+      for (++i; i < argc; ++i) positional_.push_back(argv[i]);
+      break;
+    }
+    if (allow_positional_ && (arg.rfind("-", 0) != 0 || arg == "-")) {
+      positional_.push_back(arg);
+      continue;
     }
     if (arg.rfind("--", 0) != 0 || arg.size() < 3) {
       return InvalidArgumentError("unexpected argument '" + arg + "' (flags start with --; see --help)");
@@ -71,7 +98,10 @@ Status CliFlags::Parse(int argc, char** argv) {
 
 std::string CliFlags::Usage() const {
   std::ostringstream os;
-  os << "Usage: " << program_ << " [flags]\n\n" << summary_ << "\n\nFlags:\n";
+  os << "Usage: " << program_ << " [flags]" << (allow_positional_ ? " " + positional_metavar_ : "") << "\n\n"
+     << summary_ << "\n";
+  if (allow_positional_ && !positional_help_.empty()) os << "\n  " << positional_metavar_ << ": " << positional_help_ << "\n";
+  os << "\nFlags:\n";
   for (const auto& s : specs_) {
     std::string left = "  --" + s.name + (s.metavar.empty() ? "" : " " + s.metavar);
     os << left;
@@ -83,6 +113,7 @@ std::string CliFlags::Usage() const {
     os << s.help;
     if (s.default_value && !s.default_value->empty()) os << " (default: " << *s.default_value << ")";
     if (s.repeatable) os << " [repeatable]";
+    if (!s.env.empty()) os << " [env " << s.env << "]";
     os << "\n";
   }
   os << "  --help                      show this help\n";
@@ -90,13 +121,19 @@ std::string CliFlags::Usage() const {
   return os.str();
 }
 
-bool CliFlags::Has(const std::string& name) const { return values_.count(name) > 0; }
+bool CliFlags::Has(const std::string& name) const {
+  if (values_.count(name) > 0) return true;
+  const Spec* s = Find(name);
+  return s != nullptr && FromEnv(*s).has_value();
+}
 
 std::string CliFlags::Get(const std::string& name) const {
   auto it = values_.find(name);
   if (it != values_.end() && !it->second.empty()) return it->second.back();
   const Spec* s = Find(name);
-  return s && s->default_value ? *s->default_value : "";
+  if (s == nullptr) return "";
+  if (auto env = FromEnv(*s)) return *env;
+  return s->default_value ? *s->default_value : "";
 }
 
 std::vector<std::string> CliFlags::GetAll(const std::string& name) const {
@@ -107,7 +144,10 @@ std::vector<std::string> CliFlags::GetAll(const std::string& name) const {
   return {};
 }
 
-bool CliFlags::GetBool(const std::string& name) const { return Get(name) == "true"; }
+bool CliFlags::GetBool(const std::string& name) const {
+  const std::string v = Get(name);
+  return v == "true" || v == "1";
+}
 
 StatusOr<int64_t> CliFlags::GetInt(const std::string& name, int64_t min, int64_t max) const {
   const std::string text = Get(name);

@@ -8,7 +8,10 @@
 //   std::string model = flags.Get("model");
 //
 // Accepts --name value, --name=value and, for booleans, --name / --no-name.
-// Flags marked repeatable collect every occurrence in order.
+// Flags marked repeatable collect every occurrence in order. A flag may also
+// be read from an environment variable (SetEnv): the command line wins, then
+// the variable (when set and non-empty), then the default. Positional
+// arguments are refused unless AllowPositional was called; "--" ends flags.
 #ifndef SDFARM_WORKER_TOOLS_CLI_FLAGS_H_
 #define SDFARM_WORKER_TOOLS_CLI_FLAGS_H_
 
@@ -31,6 +34,11 @@ class CliFlags {
   void Add(const std::string& name, const std::string& metavar, const std::string& help,
            std::optional<std::string> default_value = std::nullopt, bool repeatable = false);
   void AddBool(const std::string& name, const std::string& help);
+  // Reads flag `name` from environment variable `env` when it is not given.
+  void SetEnv(const std::string& name, const std::string& env);
+  // Accepts non-flag arguments (shown in the usage line as `metavar`).
+  void AllowPositional(std::string metavar, std::string help);
+  const std::vector<std::string>& positional() const { return positional_; }
   // Free text printed after the flag list (examples).
   void SetEpilog(std::string epilog) { epilog_ = std::move(epilog); }
 
@@ -38,7 +46,7 @@ class CliFlags {
   bool help_requested() const { return help_; }
   std::string Usage() const;
 
-  bool Has(const std::string& name) const;                      // given on the command line
+  bool Has(const std::string& name) const;                      // given on the command line or by its env var
   std::string Get(const std::string& name) const;               // value, or default, or ""
   std::vector<std::string> GetAll(const std::string& name) const;
   bool GetBool(const std::string& name) const;
@@ -51,10 +59,16 @@ class CliFlags {
     std::optional<std::string> default_value;
     bool repeatable = false;
     bool boolean = false;
+    std::string env;
   };
+  // The value from the spec's environment variable, if set and non-empty.
+  std::optional<std::string> FromEnv(const Spec& spec) const;
   const Spec* Find(const std::string& name) const;
 
   std::string program_, summary_, epilog_;
+  std::string positional_metavar_, positional_help_;
+  bool allow_positional_ = false;
+  std::vector<std::string> positional_;
   std::vector<Spec> specs_;
   std::map<std::string, std::vector<std::string>> values_;
   bool help_ = false;

@@ -1,0 +1,64 @@
+#include "common/job_payload.h"
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+
+namespace sdfarm {
+
+std::string JobPayload::ToJson() const {
+  nlohmann::json items_json = nlohmann::json::array();
+  for (const JobItem& it : items) {
+    items_json.push_back({{"index", it.index},
+                          {"file_name", it.file_name},
+                          {"prompt", it.prompt},
+                          {"negative_prompt", it.negative_prompt},
+                          {"seed", it.seed},
+                          {"guidance_scale", it.guidance_scale}});
+  }
+  nlohmann::json j = {{"sweep_id", sweep_id}, {"job_index", job_index}, {"model", model},
+                      {"width", width},       {"height", height},       {"steps", steps},
+                      {"sampler", sampler},   {"items", std::move(items_json)}};
+  return j.dump();
+}
+
+absl::StatusOr<JobPayload> JobPayload::FromJson(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("job payload is not a JSON object");
+  try {
+    JobPayload p;
+    p.sweep_id = j.at("sweep_id").get<std::string>();
+    p.job_index = j.at("job_index").get<int64_t>();
+    p.model = j.at("model").get<std::string>();
+    p.width = j.at("width").get<int>();
+    p.height = j.at("height").get<int>();
+    p.steps = j.at("steps").get<int>();
+    p.sampler = j.at("sampler").get<std::string>();
+    for (const auto& it : j.at("items")) {
+      JobItem item;
+      item.index = it.at("index").get<int64_t>();
+      item.file_name = it.at("file_name").get<std::string>();
+      item.prompt = it.at("prompt").get<std::string>();
+      item.negative_prompt = it.at("negative_prompt").get<std::string>();
+      item.seed = it.at("seed").get<uint64_t>();
+      item.guidance_scale = it.at("guidance_scale").get<double>();
+      p.items.push_back(std::move(item));
+    }
+    if (p.items.empty()) return absl::InvalidArgumentError("job payload has no items");
+    return p;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(std::string("bad job payload: ") + e.what());
+  }
+}
+
+absl::StatusOr<std::pair<std::string, int64_t>> ParseJobId(const std::string& job_id) {
+  const size_t slash = job_id.rfind('/');
+  int64_t index = 0;
+  if (slash == std::string::npos || slash == 0 || !absl::SimpleAtoi(job_id.substr(slash + 1), &index) || index < 0) {
+    return absl::InvalidArgumentError("bad job id '" + job_id + "': want <sweep_id>/<job_index>");
+  }
+  return std::make_pair(job_id.substr(0, slash), index);
+}
+
+}  // namespace sdfarm

@@ -1,0 +1,57 @@
+// The payload of one job in the Redis stream (coordinator/job_queue.h): what a
+// worker needs to render a job and embed its parameters, as JSON.
+//
+//   {"sweep_id": "s1a2b3c4", "job_index": 12, "model": "sd15",
+//    "width": 512, "height": 512, "steps": 30, "sampler": "euler_a",
+//    "items": [{"index": 42, "file_name": "000042-seed7-cfg7.5.png",
+//               "prompt": "a fox", "negative_prompt": "", "seed": 7,
+//               "guidance_scale": 7.5}, ...]}
+//
+// Items share model, size, steps and sampler (SweepExpander never mixes
+// them in a job). job_id is "<sweep_id>/<job_index>".
+#ifndef SDFARM_COMMON_JOB_PAYLOAD_H_
+#define SDFARM_COMMON_JOB_PAYLOAD_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sdfarm {
+
+struct JobItem {
+  int64_t index = 0;       // item index in the sweep
+  std::string file_name;   // where the coordinator stores it, e.g. "000042-seed7-cfg7.5.png"
+  std::string prompt, negative_prompt;
+  uint64_t seed = 0;
+  double guidance_scale = 7.5;
+};
+
+struct JobPayload {
+  std::string sweep_id;
+  int64_t job_index = 0;
+  std::string model;
+  int width = 512, height = 512;
+  int steps = 30;
+  std::string sampler;  // sdfarm sampler name (engine::ParseSampler), e.g. "euler_a"
+  std::vector<JobItem> items;
+
+  std::string job_id() const { return sweep_id + "/" + std::to_string(job_index); }
+  std::string ToJson() const;
+  // InvalidArgument on malformed JSON, a missing or mistyped field, or no items.
+  static absl::StatusOr<JobPayload> FromJson(const std::string& text);
+
+  friend bool operator==(const JobPayload&, const JobPayload&) = default;
+};
+inline bool operator==(const JobItem& a, const JobItem& b) {
+  return a.index == b.index && a.file_name == b.file_name && a.prompt == b.prompt &&
+         a.negative_prompt == b.negative_prompt && a.seed == b.seed && a.guidance_scale == b.guidance_scale;
+}
+
+// Splits "<sweep_id>/<job_index>"; InvalidArgument otherwise.
+absl::StatusOr<std::pair<std::string, int64_t>> ParseJobId(const std::string& job_id);
+
+}  // namespace sdfarm
+
+#endif  // SDFARM_COMMON_JOB_PAYLOAD_H_
