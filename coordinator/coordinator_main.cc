@@ -1,1 +1,173 @@
-int main() { return 1; }
+// sdfarm-coordinator: the farm's coordinator process. See docs/farm.md.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/grpc_util.h"
+#include "common/redis_client.h"
+#include "coordinator/coordinator_service.h"
+#include "worker/tools/cli_flags.h"
+
+namespace {
+
+using sdfarm::tools::CliFlags;
+
+int Fail(const std::string& message, int code = 1) {
+  std::fprintf(stderr, "sdfarm-coordinator: error: %s\n", message.c_str());
+  return code;
+}
+
+// A token from a flag/env value or from a file (first line).
+absl::StatusOr<std::string> Token(const CliFlags& flags, const std::string& name) {
+  if (flags.Has(name + "-file")) {
+    auto text = sdfarm::ReadSmallFile(flags.Get(name + "-file"));
+    if (!text.ok()) return text.status();
+    std::string t = std::string(absl::StripAsciiWhitespace(*text));
+    if (t.empty()) return absl::InvalidArgumentError(flags.Get(name + "-file") + " is empty");
+    return t;
+  }
+  return flags.Get(name);
+}
+
+int Run(int argc, char** argv) {
+  CliFlags flags("sdfarm-coordinator",
+                 "The sdfarm coordinator: takes sweeps from clients (sdfarm), queues their jobs in Redis for the\n"
+                 "workers (sdfarm-worker), stores the images they render with metadata.jsonl, and resumes every\n"
+                 "unfinished sweep after a restart. Runs until SIGTERM or SIGINT.");
+  flags.Add("listen", "HOST:PORT", "address to serve on (port 0: pick a free one)", "127.0.0.1:7733");
+  flags.SetEnv("listen", "SDFARM_LISTEN");
+  flags.Add("port-file", "FILE", "write the port served on to FILE once serving");
+  flags.Add("redis-url", "URL", "Redis holding the queues and sweep state: redis://[:password@]host[:port][/db]",
+            "redis://127.0.0.1:6379");
+  flags.SetEnv("redis-url", "SDFARM_REDIS_URL");
+  flags.Add("worker-redis-url", "URL", "the Redis URL handed to workers, when they reach Redis at another address "
+            "(default: --redis-url)");
+  flags.SetEnv("worker-redis-url", "SDFARM_WORKER_REDIS_URL");
+  flags.Add("output-root", "DIR", "sweep folders are created here", "sdfarm-out");
+  flags.SetEnv("output-root", "SDFARM_OUTPUT_ROOT");
+  flags.Add("client-token", "TOKEN", "bearer token clients must present");
+  flags.SetEnv("client-token", "SDFARM_CLIENT_TOKEN");
+  flags.Add("client-token-file", "FILE", "read the client token from FILE");
+  flags.Add("worker-token", "TOKEN", "bearer token workers must present (must differ from the client token)");
+  flags.SetEnv("worker-token", "SDFARM_WORKER_TOKEN");
+  flags.Add("worker-token-file", "FILE", "read the worker token from FILE");
+  flags.AddBool("no-auth", "accept calls without tokens (only for a trusted network)");
+  flags.Add("tls-cert", "PEM", "serve TLS with this certificate chain (needs --tls-key)");
+  flags.SetEnv("tls-cert", "SDFARM_TLS_CERT");
+  flags.Add("tls-key", "PEM", "private key of --tls-cert");
+  flags.SetEnv("tls-key", "SDFARM_TLS_KEY");
+  flags.Add("lease", "SECONDS", "a job whose worker stays silent this long goes to another worker", "60");
+  flags.SetEnv("lease", "SDFARM_LEASE_SECONDS");
+  flags.Add("max-attempts", "N", "a job that fails this many times is dead-lettered", "3");
+  flags.SetEnv("max-attempts", "SDFARM_MAX_ATTEMPTS");
+  flags.Add("job-size", "N", "images per job (a worker renders a job in batches of its own size)", "4");
+  flags.Add("window", "N", "jobs of one sweep held in Redis at once (at least 2 per live worker)", "8");
+  flags.Add("max-images", "N", "largest sweep accepted", "10000000");
+  flags.Add("key-prefix", "PREFIX", "prefix of every Redis key", "sdfarm");
+  flags.SetEpilog(
+      "Examples:\n"
+      "  SDFARM_CLIENT_TOKEN=$(cat client.token) SDFARM_WORKER_TOKEN=$(cat worker.token) \\\n"
+      "    sdfarm-coordinator --listen 0.0.0.0:7733 --redis-url redis://:secret@redis:6379 \\\n"
+      "      --output-root /data/sweeps --tls-cert server.pem --tls-key server.key\n"
+      "  sdfarm-coordinator --no-auth --listen 127.0.0.1:0 --port-file /tmp/port   # local testing\n");
+  if (auto s = flags.Parse(argc, argv); !s.ok()) return Fail(s.message() + "\n" + flags.Usage(), 2);
+  if (flags.help_requested()) {
+    std::printf("%s", flags.Usage().c_str());
+    return 0;
+  }
+
+  sdfarm::coordinator::CoordinatorOptions opt;
+  auto redis = sdfarm::ParseRedisUrl(flags.Get("redis-url"));
+  if (!redis.ok()) return Fail(std::string(redis.status().message()), 2);
+  opt.redis = *redis;
+  opt.worker_redis_url = flags.Has("worker-redis-url") ? flags.Get("worker-redis-url") : flags.Get("redis-url");
+  opt.output_root = flags.Get("output-root");
+  auto ct = Token(flags, "client-token");
+  if (!ct.ok()) return Fail(std::string(ct.status().message()), 2);
+  auto wt = Token(flags, "worker-token");
+  if (!wt.ok()) return Fail(std::string(wt.status().message()), 2);
+  opt.client_token = *ct;
+  opt.worker_token = *wt;
+  opt.no_auth = flags.GetBool("no-auth");
+  auto lease = flags.GetDouble("lease", 1, 86400);
+  auto attempts = flags.GetInt("max-attempts", 1, 100);
+  auto job_size = flags.GetInt("job-size", 1, 256);
+  auto window = flags.GetInt("window", 1, 100000);
+  auto max_images = flags.GetInt("max-images", 1, INT64_MAX);
+  for (const auto* s : {&lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status()}) {
+    if (!s->ok()) return Fail(s->message(), 2);
+  }
+  opt.lease = absl::Seconds(*lease);
+  opt.max_attempts = static_cast<int>(*attempts);
+  opt.job_size = static_cast<int>(*job_size);
+  opt.window = static_cast<int>(*window);
+  opt.limits.max_images = *max_images;
+  opt.key_prefix = flags.Get("key-prefix");
+  if (flags.Has("tls-cert") != flags.Has("tls-key")) return Fail("--tls-cert and --tls-key go together", 2);
+
+  // Signals are taken by a thread with sigwait, so no handler runs async.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto coordinator = sdfarm::coordinator::Coordinator::Create(opt);
+  if (!coordinator.ok()) return Fail(coordinator.status().ToString());
+
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (flags.Has("tls-cert")) {
+    auto cert = sdfarm::ReadSmallFile(flags.Get("tls-cert"));
+    auto key = sdfarm::ReadSmallFile(flags.Get("tls-key"));
+    if (!cert.ok()) return Fail(std::string(cert.status().message()));
+    if (!key.ok()) return Fail(std::string(key.status().message()));
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(flags.Get("listen"), creds, &port);
+  builder.RegisterService((*coordinator)->client_service());
+  builder.RegisterService((*coordinator)->worker_service());
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxSendMessageSize(64 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return Fail("cannot serve on " + flags.Get("listen") + " (address in use or invalid)");
+  std::fprintf(stderr, "sdfarm-coordinator: serving on port %d%s (%s), output root %s, Redis %s:%d\n", port,
+               flags.Has("tls-cert") ? " with TLS" : "", opt.no_auth ? "no auth" : "bearer tokens",
+               opt.output_root.c_str(), opt.redis.host.c_str(), opt.redis.port);
+  if (flags.Has("port-file")) {
+    const std::string path = flags.Get("port-file");
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << port << "\n";
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) return Fail("cannot write " + path + ": " + ec.message());
+  }
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "sdfarm-coordinator: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  (*coordinator)->Shutdown();  // ends watch streams first, so the server can drain
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  std::fprintf(stderr, "sdfarm-coordinator: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }

@@ -1,0 +1,1354 @@
+#include "coordinator/coordinator_service.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_util.h"
+#include "common/job_payload.h"
+#include "common/status_macros.h"
+#include "coordinator/job_queue.h"
+#include "coordinator/sweep_expander.h"
+#include "coordinator/sweep_output.h"
+#include "sdfarm.grpc.pb.h"
+#include "worker/engine/a1111_parameters.h"
+#include "worker/engine/png_io.h"
+
+namespace sdfarm::coordinator {
+namespace pb = ::sdfarm::v1;
+namespace {
+
+// ------------------------------------------------------------------ logging --
+
+void Log(const std::string& line) {
+  const std::string ts = absl::FormatTime("%Y-%m-%d %H:%M:%E3S", absl::Now(), absl::LocalTimeZone());
+  std::fprintf(stderr, "%s coordinator: %s\n", ts.c_str(), line.c_str());
+}
+
+std::string RandomHex(int bytes) {
+  static std::mutex mu;
+  static std::mt19937_64 rng(std::random_device{}());
+  std::lock_guard<std::mutex> lock(mu);
+  std::string out;
+  for (int i = 0; i < bytes; ++i) absl::StrAppend(&out, absl::Hex(rng() & 0xff, absl::kZeroPad2));
+  return out;
+}
+
+int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+// ------------------------------------------------------------- Redis pool --
+
+// RedisClient is one connection and not thread-safe; handlers borrow one.
+class RedisPool {
+ public:
+  explicit RedisPool(RedisOptions options) : options_(std::move(options)) {}
+
+  class Handle {
+   public:
+    Handle(RedisPool* pool, std::unique_ptr<RedisClient> client) : pool_(pool), client_(std::move(client)) {}
+    Handle(Handle&&) = default;
+    ~Handle() {
+      if (client_) pool_->Release(std::move(client_));
+    }
+    RedisClient* get() { return client_.get(); }
+    RedisClient* operator->() { return client_.get(); }
+
+   private:
+    RedisPool* pool_;
+    std::unique_ptr<RedisClient> client_;
+  };
+
+  absl::StatusOr<Handle> Acquire() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!free_.empty()) {
+        auto c = std::move(free_.back());
+        free_.pop_back();
+        return Handle(this, std::move(c));
+      }
+    }
+    auto c = RedisClient::Connect(options_);
+    if (!c.ok()) return absl::UnavailableError(absl::StrCat("Redis: ", c.status().message()));
+    return Handle(this, std::move(*c));
+  }
+
+ private:
+  void Release(std::unique_ptr<RedisClient> c) {
+    absl::MutexLock lock(&mu_);
+    if (free_.size() < 64) free_.push_back(std::move(c));
+  }
+
+  RedisOptions options_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<RedisClient>> free_ ABSL_GUARDED_BY(mu_);
+};
+
+// ------------------------------------------------------------ Lua scripts --
+// The coordinator's composite state changes, each atomic on the server so a
+// crash at any point leaves Redis consistent.
+
+// KEYS: request key, name key, sweep hash, sweeps zset.
+// ARGV: id, name, created_ms, field, value, ...
+// Returns {0, id} created, {1, id} the request id already made sweep id,
+// {2, id} the name belongs to sweep id.
+constexpr char kCreateSweepScript[] = R"lua(
+local existing = redis.call('GET', KEYS[1])
+if existing then return {1, existing} end
+local owner = redis.call('GET', KEYS[2])
+if owner then return {2, owner} end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+return {0, ARGV[1]}
+)lua";
+
+// KEYS: stream, sweep hash, inflight hash. ARGV: job index (== expected
+// next_job), job id, payload. Returns the stream id, or nil when the sweep is
+// not running or next_job moved (another coordinator instance enqueued it).
+constexpr char kEnqueueScript[] = R"lua(
+if redis.call('HGET', KEYS[2], 'state') ~= 'running' then return false end
+if redis.call('HGET', KEYS[2], 'next_job') ~= ARGV[1] then return false end
+local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2], 'payload', ARGV[3])
+redis.call('HSET', KEYS[2], 'next_job', tonumber(ARGV[1]) + 1)
+redis.call('HSET', KEYS[3], ARGV[1], id)
+return id
+)lua";
+
+// KEYS: stream, sweep hash, inflight hash. ARGV: group, worker, stream id,
+// job index. Returns {1, jobs_done} acked, {0, jobs_done} not pending (already
+// finished), {-1, jobs_done} another worker owns it.
+constexpr char kFinishJobScript[] = R"lua(
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+local jd = tonumber(redis.call('HGET', KEYS[2], 'jobs_done') or '0')
+if p.err or #p == 0 then return {0, jd} end
+if p[1][2] ~= ARGV[2] then return {-1, jd} end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if redis.call('HDEL', KEYS[3], ARGV[4]) == 1 then
+  jd = redis.call('HINCRBY', KEYS[2], 'jobs_done', 1)
+end
+return {1, jd}
+)lua";
+
+// KEYS: stream, sweep hash, inflight hash, failures hash, failed-items hash,
+// dead-letter stream. ARGV: group, worker, stream id, job index, max
+// attempts, idle ms for release, retryable (1/0), error, job id, payload,
+// item index...  Returns {-1, 0} other owner, {0, 0} not pending, {1, n}
+// released for attempt n+1, {2, jobs_done} dead-lettered (items failed).
+constexpr char kFailJobScript[] = R"lua(
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p.err or #p == 0 then return {0, 0} end
+if p[1][2] ~= ARGV[2] then return {-1, 0} end
+local n = redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+if ARGV[7] == '1' and n < tonumber(ARGV[5]) then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], 'sdfarm-released', 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
+  return {1, n}
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('XADD', KEYS[6], '*', 'job', ARGV[9], 'payload', ARGV[10], 'stream_id', ARGV[3],
+           'deliveries', p[1][4], 'error', ARGV[8])
+for i = 11, #ARGV do redis.call('HSET', KEYS[5], ARGV[i], ARGV[8]) end
+local jd = tonumber(redis.call('HGET', KEYS[2], 'jobs_done') or '0')
+if redis.call('HDEL', KEYS[3], ARGV[4]) == 1 then
+  jd = redis.call('HINCRBY', KEYS[2], 'jobs_done', 1)
+end
+return {2, jd}
+)lua";
+
+// KEYS: stream, inflight hash, sweep hash. ARGV: group. Removes every job of
+// the sweep from the stream and marks it cancelled. Returns the jobs removed.
+constexpr char kCancelScript[] = R"lua(
+local m = redis.call('HGETALL', KEYS[2])
+for i = 1, #m, 2 do
+  redis.call('XACK', KEYS[1], ARGV[1], m[i + 1])
+  redis.call('XDEL', KEYS[1], m[i + 1])
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[3], 'state', 'cancelled')
+return #m / 2
+)lua";
+
+// ------------------------------------------------------------------ state --
+
+enum class State { kRunning, kPaused, kDone, kCancelled };
+
+const char* StateName(State s) {
+  switch (s) {
+    case State::kRunning: return "running";
+    case State::kPaused: return "paused";
+    case State::kDone: return "done";
+    case State::kCancelled: return "cancelled";
+  }
+  return "running";
+}
+
+State ParseState(const std::string& s) {
+  if (s == "paused") return State::kPaused;
+  if (s == "done") return State::kDone;
+  if (s == "cancelled") return State::kCancelled;
+  return State::kRunning;
+}
+
+pb::SweepState ToProto(State s) {
+  switch (s) {
+    case State::kRunning: return pb::RUNNING;
+    case State::kPaused: return pb::PAUSED;
+    case State::kDone: return pb::DONE;
+    case State::kCancelled: return pb::CANCELLED;
+  }
+  return pb::SWEEP_STATE_UNSPECIFIED;
+}
+
+bool Terminal(State s) { return s == State::kDone || s == State::kCancelled; }
+
+// Completion times in a sliding window, for images/s.
+// Completions over the last minute (or since the first one, if later).
+class RateWindow {
+ public:
+  // When counting starts (submission, registration); else the first Add.
+  void Begin(absl::Time t) {
+    if (start_ == absl::InfinitePast()) start_ = t;
+  }
+  void Add(absl::Time t) {
+    if (start_ == absl::InfinitePast()) start_ = t;
+    times_.push_back(t);
+    Trim(t);
+  }
+  double PerSecond(absl::Time now) {
+    Trim(now);
+    if (times_.empty()) return 0;
+    const absl::Time from = std::max(start_, now - kWindow);
+    return static_cast<double>(times_.size()) / std::max(1.0, absl::ToDoubleSeconds(now - from));
+  }
+
+ private:
+  static constexpr absl::Duration kWindow = absl::Seconds(60);
+  void Trim(absl::Time now) {
+    while (!times_.empty() && times_.front() < now - kWindow) times_.pop_front();
+  }
+  absl::Time start_ = absl::InfinitePast();
+  std::deque<absl::Time> times_;
+};
+
+struct Sweep {
+  // Fixed once loaded.
+  std::string id, name, model, request_id;
+  SweepSpec spec;
+  std::unique_ptr<SweepExpander> expander;
+  int job_size = 1;
+  int64_t total = 0, jobs = 0;
+  int64_t created_ms = 0;
+  int priority = 1;
+  std::string output_dir;
+
+  // Output writes, and the switch to cancelled (so that nothing is written
+  // once a cancel has been acknowledged). Taken before Impl::mu_, never after.
+  absl::Mutex out_mu;
+  std::unique_ptr<SweepOutput> output ABSL_GUARDED_BY(out_mu);
+
+  // Guarded by Impl::mu_.
+  State state = State::kRunning;
+  int64_t next_job = 0;
+  std::map<int64_t, std::string> inflight;  // job index -> stream id
+  int64_t jobs_done = 0;
+  int64_t done = 0, failed = 0;
+  double pass = 0;  // stride scheduling: advances by 1/priority per job enqueued
+  RateWindow rate;
+  std::map<std::string, RateWindow> worker_rates;
+  uint64_t version = 1;  // bumped on every change a watcher should see
+  uint64_t seq = 0;      // numbering of recent_files / recent_failures
+  std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures;
+};
+
+struct WorkerRecord {
+  pb::WorkerInfo info;
+  absl::Time last_heartbeat;
+  std::vector<pb::HeldJob> jobs;
+  bool draining = false;
+  int64_t images_done = 0;
+  RateWindow rate;
+  std::string current_job;
+  pb::StepTelemetry last_step;
+};
+
+constexpr size_t kRecentEvents = 4096;
+
+}  // namespace
+
+// ------------------------------------------------------------------- Impl --
+
+class Coordinator::Impl {
+ public:
+  explicit Impl(CoordinatorOptions options) : opt_(std::move(options)), pool_(opt_.redis) {}
+
+  absl::Status Start();
+  void Shutdown();
+
+  grpc::Service* client_service() { return &client_service_; }
+  grpc::Service* worker_service() { return &worker_service_; }
+
+  // ---- auth
+  enum class Role { kClient, kWorker };
+  grpc::Status Authorize(const grpc::ServerContext* ctx, Role role) const {
+    if (opt_.no_auth) return grpc::Status::OK;
+    const std::string token = BearerToken(*ctx);
+    if (token.empty()) return {grpc::StatusCode::UNAUTHENTICATED, "missing bearer token (authorization metadata)"};
+    const std::string& want = role == Role::kClient ? opt_.client_token : opt_.worker_token;
+    const std::string& other = role == Role::kClient ? opt_.worker_token : opt_.client_token;
+    if (ConstantTimeEquals(token, want)) return grpc::Status::OK;
+    if (ConstantTimeEquals(token, other)) {
+      return {grpc::StatusCode::PERMISSION_DENIED,
+              role == Role::kClient ? "a worker token cannot make client calls" : "a client token cannot make worker calls"};
+    }
+    return {grpc::StatusCode::UNAUTHENTICATED, "invalid bearer token"};
+  }
+
+  // ---- client calls
+  grpc::Status Submit(const pb::SubmitRequest& req, pb::SubmitResponse* resp);
+  grpc::Status GetStatus(const std::string& ref, pb::SweepStatus* out);
+  grpc::Status List(pb::ListResponse* out);
+  grpc::Status Watch(grpc::ServerContext* ctx, const std::string& ref, grpc::ServerWriter<pb::WatchEvent>* writer);
+  grpc::Status Cancel(const std::string& ref, pb::SweepStatus* out);
+  grpc::Status SetPaused(const std::string& ref, bool paused, pb::SweepStatus* out);
+  grpc::Status Workers(pb::WorkersResponse* out);
+  grpc::Status Get(grpc::ServerContext* ctx, const std::string& ref, grpc::ServerWriter<pb::FileChunk>* writer);
+
+  // ---- worker calls
+  grpc::Status Register(const pb::RegisterRequest& req, pb::RegisterResponse* resp);
+  grpc::Status Heartbeat(const pb::HeartbeatRequest& req, pb::HeartbeatResponse* resp);
+  grpc::Status ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<pb::JobReport>* reader, pb::ReportAck* ack);
+
+ private:
+  std::string Key(const std::string& suffix) const { return opt_.key_prefix + ":" + suffix; }
+  std::string SweepKey(const std::string& id) const { return Key("sweep:" + id); }
+  std::string StreamKey(const std::string& model) const { return Key("jobs:" + model); }
+  std::string DeadKey(const std::string& model) const { return Key("dead:" + model); }
+
+  absl::Status LoadSweeps();
+  absl::StatusOr<std::shared_ptr<Sweep>> LoadSweep(RedisClient* redis, const std::string& id);
+  std::shared_ptr<Sweep> Find(const std::string& ref) ABSL_LOCKS_EXCLUDED(mu_);
+  void FillStatus(Sweep& s, pb::SweepStatus* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Changed(Sweep& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++s.version;
+    changed_.SignalAll();
+  }
+  void MaybeFinish(Sweep& s, RedisClient* redis) ABSL_LOCKS_EXCLUDED(mu_);
+  double LiveRate(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int LiveWorkers(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void SchedulerLoop();
+  absl::Status FillModel(const std::string& model);
+  JobPayload PayloadFor(const Sweep& s, int64_t job_index) const;
+
+  // Handles one reported image; sets *lost / *cancelled when it was discarded.
+  absl::Status HandleImage(Sweep& s, const std::string& worker, int64_t job_index, const std::string& stream_id,
+                           const pb::FinishedImage& image, RedisClient* redis, bool* lost, bool* cancelled);
+
+  CoordinatorOptions opt_;
+  RedisPool pool_;
+
+  absl::Mutex mu_;
+  absl::CondVar changed_;
+  std::map<std::string, std::shared_ptr<Sweep>> sweeps_ ABSL_GUARDED_BY(mu_);  // by id
+  std::map<std::string, std::string> names_ ABSL_GUARDED_BY(mu_);               // name -> id
+  std::map<std::string, WorkerRecord> workers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, double> model_vtime_ ABSL_GUARDED_BY(mu_);  // virtual time of each model's queue
+  int watchers_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool wake_scheduler_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread scheduler_;
+  std::atomic<int64_t> discarded_reports_{0};
+
+  class ClientServiceImpl final : public pb::ClientService::Service {
+   public:
+    explicit ClientServiceImpl(Impl* impl) : impl_(impl) {}
+#define SDFARM_AUTH_CLIENT()                                          \
+  if (grpc::Status a = impl_->Authorize(ctx, Role::kClient); !a.ok()) { \
+    return a;                                                         \
+  }
+    grpc::Status Submit(grpc::ServerContext* ctx, const pb::SubmitRequest* req, pb::SubmitResponse* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->Submit(*req, resp);
+    }
+    grpc::Status Status(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->GetStatus(req->sweep(), resp);
+    }
+    grpc::Status List(grpc::ServerContext* ctx, const pb::ListRequest*, pb::ListResponse* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->List(resp);
+    }
+    grpc::Status Watch(grpc::ServerContext* ctx, const pb::SweepRef* req,
+                       grpc::ServerWriter<pb::WatchEvent>* writer) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->Watch(ctx, req->sweep(), writer);
+    }
+    grpc::Status Cancel(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->Cancel(req->sweep(), resp);
+    }
+    grpc::Status Pause(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->SetPaused(req->sweep(), true, resp);
+    }
+    grpc::Status Resume(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->SetPaused(req->sweep(), false, resp);
+    }
+    grpc::Status Workers(grpc::ServerContext* ctx, const pb::WorkersRequest*, pb::WorkersResponse* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->Workers(resp);
+    }
+    grpc::Status Get(grpc::ServerContext* ctx, const pb::SweepRef* req, grpc::ServerWriter<pb::FileChunk>* writer) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->Get(ctx, req->sweep(), writer);
+    }
+#undef SDFARM_AUTH_CLIENT
+
+   private:
+    Impl* impl_;
+  };
+
+  class WorkerServiceImpl final : public pb::WorkerService::Service {
+   public:
+    explicit WorkerServiceImpl(Impl* impl) : impl_(impl) {}
+#define SDFARM_AUTH_WORKER()                                          \
+  if (grpc::Status a = impl_->Authorize(ctx, Role::kWorker); !a.ok()) { \
+    return a;                                                         \
+  }
+    grpc::Status Register(grpc::ServerContext* ctx, const pb::RegisterRequest* req, pb::RegisterResponse* resp) override {
+      SDFARM_AUTH_WORKER();
+      return impl_->Register(*req, resp);
+    }
+    grpc::Status Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest* req,
+                           pb::HeartbeatResponse* resp) override {
+      SDFARM_AUTH_WORKER();
+      return impl_->Heartbeat(*req, resp);
+    }
+    grpc::Status ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<pb::JobReport>* reader,
+                           pb::ReportAck* ack) override {
+      SDFARM_AUTH_WORKER();
+      return impl_->ReportJob(ctx, reader, ack);
+    }
+#undef SDFARM_AUTH_WORKER
+
+   private:
+    Impl* impl_;
+  };
+
+  ClientServiceImpl client_service_{this};
+  WorkerServiceImpl worker_service_{this};
+};
+
+// --------------------------------------------------------------- start-up --
+
+absl::Status Coordinator::Impl::Start() {
+  ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
+  if (absl::Status s = redis->CheckNoEviction(); !s.ok()) {
+    Log(absl::StrCat("WARNING: ", s.message(),
+                     " -- Redis may silently delete queued jobs and sweep state under memory pressure; "
+                     "set `maxmemory-policy noeviction`"));
+  }
+  ASSIGN_OR_RETURN(RedisReply aof, redis->Command({"CONFIG", "GET", "appendonly"}));
+  if (aof.array().size() == 2 && aof.array()[1].str() != "yes") {
+    Log("WARNING: Redis runs without AOF (appendonly no): a Redis restart loses queued jobs and sweep state");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(opt_.output_root, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot create output root ", opt_.output_root, ": ", ec.message()));
+  RETURN_IF_ERROR(LoadSweeps());
+  scheduler_ = std::thread([this] { SchedulerLoop(); });
+  return absl::OkStatus();
+}
+
+void Coordinator::Impl::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_) return;
+    shutdown_ = true;
+    changed_.SignalAll();
+  }
+  if (scheduler_.joinable()) scheduler_.join();
+}
+
+absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient* redis, const std::string& id) {
+  ASSIGN_OR_RETURN(RedisReply r, redis->Command({"HGETALL", SweepKey(id)}));
+  std::map<std::string, std::string> f;
+  for (size_t i = 0; i + 1 < r.array().size(); i += 2) f[r.array()[i].str()] = r.array()[i + 1].str();
+  if (f.empty()) return absl::NotFoundError("sweep " + id + " has no state in Redis");
+  auto s = std::make_shared<Sweep>();
+  s->id = id;
+  s->name = f["name"];
+  s->model = f["model"];
+  s->request_id = f["request_id"];
+  nlohmann::json spec_json = nlohmann::json::parse(f["spec"], nullptr, false);
+  SweepLimits limits = opt_.limits;
+  limits.max_images = INT64_MAX;  // accepted once; a later, smaller limit must not strand it
+  ASSIGN_OR_RETURN(s->spec, SweepSpec::FromJson(spec_json, limits, 0));
+  auto num = [&](const char* k) -> int64_t {
+    int64_t v = 0;
+    (void)absl::SimpleAtoi(f[k], &v);
+    return v;
+  };
+  s->job_size = static_cast<int>(std::max<int64_t>(1, num("job_size")));
+  s->expander = std::make_unique<SweepExpander>(s->spec, s->job_size);
+  s->total = s->expander->num_items();
+  s->jobs = s->expander->num_jobs();
+  s->created_ms = num("created_ms");
+  s->priority = s->spec.priority;
+  s->output_dir = f["output_dir"];
+  s->rate.Begin(absl::Now());
+  s->state = ParseState(f["state"]);
+  s->next_job = num("next_job");
+  s->jobs_done = num("jobs_done");
+  s->done = num("done");
+  ASSIGN_OR_RETURN(RedisReply nf, redis->Command({"HLEN", SweepKey(id) + ":failed"}));
+  ASSIGN_OR_RETURN(s->failed, nf.AsInt());
+  if (!Terminal(s->state)) {
+    ASSIGN_OR_RETURN(RedisReply inflight, redis->Command({"HGETALL", SweepKey(id) + ":inflight"}));
+    for (size_t i = 0; i + 1 < inflight.array().size(); i += 2) {
+      int64_t j = 0;
+      if (absl::SimpleAtoi(inflight.array()[i].str(), &j)) s->inflight[j] = inflight.array()[i + 1].str();
+    }
+    absl::MutexLock lock(&s->out_mu);
+    ASSIGN_OR_RETURN(s->output, SweepOutput::Open(opt_.output_root, s->name));
+    s->done = static_cast<int64_t>(s->output->recorded());
+    (void)s->output->WriteSpec(spec_json);
+  }
+  return s;
+}
+
+absl::Status Coordinator::Impl::LoadSweeps() {
+  ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
+  ASSIGN_OR_RETURN(RedisReply ids, redis->Command({"ZRANGE", Key("sweeps"), "0", "-1"}));
+  int resumed = 0;
+  for (const RedisReply& id : ids.array()) {
+    auto s = LoadSweep(redis.get(), id.str());
+    if (!s.ok()) {
+      Log(absl::StrCat("cannot load sweep ", id.str(), ": ", s.status().ToString()));
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    if (!Terminal((*s)->state)) ++resumed;
+    names_[(*s)->name] = (*s)->id;
+    sweeps_[(*s)->id] = *s;
+  }
+  Log(absl::StrCat("loaded ", ids.array().size(), " sweeps from Redis; ", resumed, " unfinished resume"));
+  std::vector<std::shared_ptr<Sweep>> all;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, s] : sweeps_) all.push_back(s);
+  }
+  for (auto& s : all) MaybeFinish(*s, redis.get());
+  return absl::OkStatus();
+}
+
+std::shared_ptr<Sweep> Coordinator::Impl::Find(const std::string& ref) {
+  absl::MutexLock lock(&mu_);
+  auto it = sweeps_.find(ref);
+  if (it != sweeps_.end()) return it->second;
+  auto n = names_.find(ref);
+  if (n == names_.end()) return nullptr;
+  it = sweeps_.find(n->second);
+  return it == sweeps_.end() ? nullptr : it->second;
+}
+
+// ----------------------------------------------------------------- status --
+
+int Coordinator::Impl::LiveWorkers(const std::string& model) {
+  const absl::Time now = absl::Now();
+  int n = 0;
+  for (auto& [id, w] : workers_) {
+    if (w.info.model() == model && !w.draining && now - w.last_heartbeat < opt_.heartbeat_timeout) ++n;
+  }
+  return n;
+}
+
+double Coordinator::Impl::LiveRate(const std::string& model) {
+  const absl::Time now = absl::Now();
+  double r = 0;
+  for (auto& [id, w] : workers_) {
+    if (w.info.model() == model && now - w.last_heartbeat < opt_.heartbeat_timeout) r += w.rate.PerSecond(now);
+  }
+  return r;
+}
+
+void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
+  const absl::Time now = absl::Now();
+  out->set_sweep_id(s.id);
+  out->set_name(s.name);
+  out->set_state(ToProto(s.state));
+  out->set_total(s.total);
+  out->set_done(s.done);
+  out->set_failed(s.failed);
+  out->set_model(s.model);
+  out->set_priority(s.priority);
+  out->set_created_unix_ms(s.created_ms);
+  out->set_jobs(s.jobs);
+  out->set_jobs_done(s.jobs_done);
+  out->set_output_dir(s.output_dir);
+  if (!Terminal(s.state)) {
+    const double rate = s.rate.PerSecond(now);
+    out->set_images_per_second(rate);
+    const int64_t left = s.total - s.done - s.failed;
+    out->set_eta_seconds(rate > 0 ? static_cast<double>(left) / rate : 0);
+    for (auto& [wid, wr] : s.worker_rates) {
+      const double r = wr.PerSecond(now);
+      if (r <= 0) continue;
+      pb::WorkerRate* w = out->add_workers();
+      w->set_worker_id(wid);
+      auto it = workers_.find(wid);
+      if (it != workers_.end()) w->set_host(it->second.info.host());
+      w->set_images_per_second(r);
+    }
+  }
+}
+
+void Coordinator::Impl::MaybeFinish(Sweep& s, RedisClient* redis) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (s.state != State::kRunning && s.state != State::kPaused) return;
+    if (s.jobs_done < s.jobs) return;
+  }
+  // Every job is acknowledged or dead-lettered: the sweep is complete.
+  auto r = redis->Command({"HSET", SweepKey(s.id), "state", "done", "done", absl::StrCat(s.done), "finished_ms",
+                           absl::StrCat(NowMs())});
+  if (!r.ok()) {
+    Log(absl::StrCat("sweep ", s.name, ": cannot record completion: ", r.status().ToString()));
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  s.state = State::kDone;
+  Changed(s);
+  Log(absl::StrCat("sweep ", s.name, " (", s.id, ") done: ", s.done, " images, ", s.failed, " failed"));
+}
+
+// ------------------------------------------------------------ client calls --
+
+grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitResponse* resp) {
+  nlohmann::json json = nlohmann::json::parse(req.spec_json(), nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, "spec_json is not a JSON object"};
+  }
+  auto spec = SweepSpec::FromJson(json, opt_.limits, std::random_device{}());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  if (req.request_id().size() > 200) return {grpc::StatusCode::INVALID_ARGUMENT, "request_id is over 200 bytes"};
+  SweepExpander expander(*spec, opt_.job_size);
+  resp->set_images(expander.num_items());
+  resp->set_jobs(expander.num_jobs());
+  {
+    absl::MutexLock lock(&mu_);
+    const double rate = LiveRate(spec->model);
+    resp->set_eta_seconds(rate > 0 ? static_cast<double>(expander.num_items()) / rate : 0);
+  }
+  if (req.dry_run()) return grpc::Status::OK;
+
+  // The folder must not hold another sweep's images.
+  const std::string dir = opt_.output_root + "/" + spec->name;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!names_.count(spec->name) && std::filesystem::exists(dir + "/metadata.jsonl")) {
+      return {grpc::StatusCode::ALREADY_EXISTS,
+              "the output folder " + dir + " already holds images of another sweep; choose another name"};
+    }
+  }
+  auto redis = pool_.Acquire();
+  if (!redis.ok()) return ToGrpc(redis.status());
+  const std::string id = RandomHex(8);
+  const std::string request_id = req.request_id().empty() ? RandomHex(16) : req.request_id();
+  const nlohmann::json canonical = spec->ToJson();
+  const int64_t created = NowMs();
+  std::vector<std::string> argv = {"EVAL", kCreateSweepScript, "4", Key("request:" + request_id),
+                                   Key("name:" + spec->name), SweepKey(id), Key("sweeps"),
+                                   id, spec->name, absl::StrCat(created)};
+  for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
+           {"name", spec->name},
+           {"model", spec->model},
+           {"spec", canonical.dump()},
+           {"state", "running"},
+           {"job_size", absl::StrCat(opt_.job_size)},
+           {"total", absl::StrCat(expander.num_items())},
+           {"jobs", absl::StrCat(expander.num_jobs())},
+           {"next_job", "0"},
+           {"jobs_done", "0"},
+           {"created_ms", absl::StrCat(created)},
+           {"request_id", request_id},
+           {"output_dir", dir}}) {
+    argv.push_back(k);
+    argv.push_back(v);
+  }
+  auto r = (*redis)->Command(argv);
+  if (!r.ok()) return ToGrpc(r.status());
+  const auto& a = r->array();
+  if (a.size() != 2) return {grpc::StatusCode::INTERNAL, "unexpected reply creating the sweep"};
+  const int64_t code = a[0].AsInt().value_or(-1);
+  const std::string existing = a[1].str();
+  if (code == 2) {
+    return {grpc::StatusCode::ALREADY_EXISTS,
+            "sweep name '" + spec->name + "' is already used by sweep " + existing + "; choose another name"};
+  }
+  if (code == 1) {  // a retry of a submit that already happened
+    resp->set_sweep_id(existing);
+    return grpc::Status::OK;
+  }
+  auto sweep = LoadSweep(redis->get(), id);
+  if (!sweep.ok()) return ToGrpc(sweep.status());
+  {
+    absl::MutexLock lock(&mu_);
+    double vt = model_vtime_[spec->model];
+    for (auto& [sid, s] : sweeps_) {
+      if (s->model == spec->model && s->state == State::kRunning && s->next_job < s->jobs) vt = std::max(vt, s->pass);
+    }
+    // Start at the current virtual time, minus one step, so a new sweep is
+    // served next without being able to claim a backlog of turns.
+    (*sweep)->pass = vt > 0 ? vt - 1.0 / (*sweep)->priority : 0;
+    sweeps_[id] = *sweep;
+    names_[spec->name] = id;
+    wake_scheduler_ = true;
+    changed_.SignalAll();
+  }
+  resp->set_sweep_id(id);
+  Log(absl::StrCat("sweep ", spec->name, " (", id, ") submitted: ", expander.num_items(), " images in ",
+                   expander.num_jobs(), " jobs for model ", spec->model, ", priority ", spec->priority));
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::GetStatus(const std::string& ref, pb::SweepStatus* out) {
+  std::shared_ptr<Sweep> s = Find(ref);
+  if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
+  absl::MutexLock lock(&mu_);
+  FillStatus(*s, out);
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::List(pb::ListResponse* out) {
+  absl::MutexLock lock(&mu_);
+  std::vector<Sweep*> all;
+  for (auto& [id, s] : sweeps_) all.push_back(s.get());
+  std::sort(all.begin(), all.end(), [](Sweep* a, Sweep* b) { return a->created_ms < b->created_ms; });
+  for (Sweep* s : all) FillStatus(*s, out->add_sweeps());
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::string& ref,
+                                      grpc::ServerWriter<pb::WatchEvent>* writer) {
+  std::shared_ptr<Sweep> s = Find(ref);
+  if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
+  uint64_t seen_version = 0, seen_seq = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (watchers_ >= opt_.max_watchers) {
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              absl::StrCat("too many watchers (", opt_.max_watchers, "); try again later")};
+    }
+    ++watchers_;
+    seen_seq = s->seq;
+  }
+  grpc::Status result = grpc::Status::OK;
+  while (true) {
+    pb::WatchEvent event;
+    bool terminal = false;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time deadline = absl::Now() + absl::Seconds(1);
+      while (!shutdown_ && s->version == seen_version && !ctx->IsCancelled() && absl::Now() < deadline) {
+        changed_.WaitWithDeadline(&mu_, deadline);
+      }
+      if (shutdown_) {
+        result = {grpc::StatusCode::UNAVAILABLE, "coordinator shutting down; reconnect"};
+        break;
+      }
+      if (ctx->IsCancelled()) break;
+      if (s->version == seen_version) continue;  // a quiet second
+      seen_version = s->version;
+      FillStatus(*s, event.mutable_status());
+      for (const auto& [q, f] : s->recent_files) {
+        if (q > seen_seq) event.add_new_files(f);
+      }
+      for (const auto& [q, f] : s->recent_failures) {
+        if (q > seen_seq) event.add_failures(f);
+      }
+      seen_seq = s->seq;
+      terminal = Terminal(s->state);
+    }
+    if (!writer->Write(event)) break;
+    if (terminal) break;
+    // At most ~4 events a second: changes in between are merged.
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  absl::MutexLock lock(&mu_);
+  --watchers_;
+  return result;
+}
+
+grpc::Status Coordinator::Impl::Cancel(const std::string& ref, pb::SweepStatus* out) {
+  std::shared_ptr<Sweep> s = Find(ref);
+  if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
+  {
+    absl::MutexLock lock(&mu_);
+    if (Terminal(s->state)) {
+      FillStatus(*s, out);
+      return grpc::Status::OK;
+    }
+  }
+  auto redis = pool_.Acquire();
+  if (!redis.ok()) return ToGrpc(redis.status());
+  // Holding out_mu: no image write is in progress, and none starts after this.
+  absl::MutexLock out_lock(&s->out_mu);
+  auto r = (*redis)->Command({"EVAL", kCancelScript, "3", StreamKey(s->model), SweepKey(s->id) + ":inflight",
+                              SweepKey(s->id), JobQueue::kGroup});
+  if (!r.ok()) return ToGrpc(r.status());
+  absl::MutexLock lock(&mu_);
+  s->state = State::kCancelled;
+  s->inflight.clear();
+  Changed(*s);
+  FillStatus(*s, out);
+  Log(absl::StrCat("sweep ", s->name, " (", s->id, ") cancelled at ", s->done, "/", s->total));
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::SetPaused(const std::string& ref, bool paused, pb::SweepStatus* out) {
+  std::shared_ptr<Sweep> s = Find(ref);
+  if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
+  {
+    absl::MutexLock lock(&mu_);
+    if (Terminal(s->state)) {
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              absl::StrCat("sweep ", s->name, " is ", StateName(s->state), "; it cannot be ", paused ? "paused" : "resumed")};
+    }
+  }
+  auto redis = pool_.Acquire();
+  if (!redis.ok()) return ToGrpc(redis.status());
+  auto r = (*redis)->Command({"HSET", SweepKey(s->id), "state", paused ? "paused" : "running"});
+  if (!r.ok()) return ToGrpc(r.status());
+  absl::MutexLock lock(&mu_);
+  s->state = paused ? State::kPaused : State::kRunning;
+  wake_scheduler_ = true;
+  Changed(*s);
+  FillStatus(*s, out);
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Workers(pb::WorkersResponse* out) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  for (auto& [id, w] : workers_) {
+    pb::WorkerStatus* ws = out->add_workers();
+    ws->set_worker_id(id);
+    *ws->mutable_info() = w.info;
+    ws->set_last_heartbeat_unix_ms(absl::ToUnixMillis(w.last_heartbeat));
+    for (const auto& j : w.jobs) *ws->add_jobs() = j;
+    ws->set_images_per_second(w.rate.PerSecond(now));
+    ws->set_draining(w.draining);
+    ws->set_images_done(w.images_done);
+    ws->set_current_job_id(w.current_job);
+    *ws->mutable_last_step() = w.last_step;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Get(grpc::ServerContext* ctx, const std::string& ref,
+                                    grpc::ServerWriter<pb::FileChunk>* writer) {
+  std::shared_ptr<Sweep> s = Find(ref);
+  if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(s->output_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && IsSafeFileName(name)) files.push_back(name);
+  }
+  if (ec) return {grpc::StatusCode::UNAVAILABLE, "cannot list " + s->output_dir + ": " + ec.message()};
+  std::sort(files.begin(), files.end());
+  constexpr size_t kChunk = 1 << 20;
+  std::string buf(kChunk, '\0');
+  for (const std::string& name : files) {
+    std::ifstream in(s->output_dir + "/" + name, std::ios::binary);
+    if (!in) continue;  // removed meanwhile
+    int64_t offset = 0;
+    while (true) {
+      if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "cancelled by the client"};
+      in.read(buf.data(), static_cast<std::streamsize>(kChunk));
+      const std::streamsize n = in.gcount();
+      pb::FileChunk chunk;
+      chunk.set_path(name);
+      chunk.set_offset(offset);
+      chunk.set_data(buf.data(), static_cast<size_t>(n));
+      const bool last = n < static_cast<std::streamsize>(kChunk) || in.peek() == EOF;
+      chunk.set_last(last);
+      if (!writer->Write(chunk)) return {grpc::StatusCode::CANCELLED, "client went away"};
+      offset += n;
+      if (last) break;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+// ------------------------------------------------------------ worker calls --
+
+grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::RegisterResponse* resp) {
+  const pb::WorkerInfo& info = req.info();
+  if (!IsSafeFileName(info.model())) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, "model name '" + info.model() + "' is not a valid name"};
+  }
+  std::string id = req.worker_id();
+  if (!id.empty() && !IsSafeFileName(id)) return {grpc::StatusCode::INVALID_ARGUMENT, "bad worker_id '" + id + "'"};
+  if (id.empty()) id = absl::StrCat(IsSafeFileName(info.host()) ? info.host() : "worker", "-", RandomHex(3));
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    // Workers of one model must hold the same weights, or one sweep's images
+    // would come from different models.
+    for (auto& [wid, w] : workers_) {
+      if (wid != id && w.info.model() == info.model() && now - w.last_heartbeat < opt_.heartbeat_timeout &&
+          w.info.model_hash() != info.model_hash()) {
+        return {grpc::StatusCode::FAILED_PRECONDITION,
+                absl::StrCat("model '", info.model(), "' is served by worker ", wid, " with weights hash ",
+                             w.info.model_hash(), "; this worker's weights hash ", info.model_hash(),
+                             ": give the model another name")};
+      }
+    }
+    WorkerRecord& w = workers_[id];
+    w.rate.Begin(now);
+    w.info = info;
+    w.last_heartbeat = now;
+    w.draining = false;
+    wake_scheduler_ = true;
+  }
+  resp->set_worker_id(id);
+  resp->set_redis_url(opt_.worker_redis_url);
+  resp->set_key_prefix(opt_.key_prefix);
+  resp->set_lease_ms(absl::ToInt64Milliseconds(opt_.lease));
+  resp->set_max_attempts(opt_.max_attempts);
+  Log(absl::StrCat("worker ", id, " registered: ", info.host(), " ", info.device(), " ", info.device_name(),
+                   ", model ", info.model(), " (hash ", info.model_hash(), "), batch ", info.batch_size()));
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::HeartbeatResponse* resp) {
+  std::vector<std::pair<std::string, std::shared_ptr<Sweep>>> held;
+  std::string model;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = workers_.find(req.worker_id());
+    if (it == workers_.end()) {
+      return {grpc::StatusCode::NOT_FOUND, "unknown worker " + req.worker_id() + "; register again"};
+    }
+    WorkerRecord& w = it->second;
+    w.last_heartbeat = absl::Now();
+    w.draining = req.draining();
+    w.jobs.assign(req.jobs().begin(), req.jobs().end());
+    if (req.jobs().empty()) w.current_job.clear();
+    model = w.info.model();
+    for (const pb::HeldJob& j : req.jobs()) {
+      auto parsed = ParseJobId(j.job_id());
+      std::shared_ptr<Sweep> s;
+      if (parsed.ok()) {
+        auto sit = sweeps_.find(parsed->first);
+        if (sit != sweeps_.end()) s = sit->second;
+      }
+      if (!s || s->state == State::kCancelled) {
+        resp->add_cancelled_job_stream_ids(j.stream_id());
+      } else {
+        held.emplace_back(j.stream_id(), s);
+      }
+    }
+  }
+  if (!held.empty()) {
+    auto redis = pool_.Acquire();
+    if (redis.ok()) {
+      JobQueue q(redis->get(), opt_.key_prefix);
+      for (const auto& [stream_id, s] : held) {
+        auto owner = q.IsOwner(model, req.worker_id(), stream_id);
+        if (owner.ok() && !*owner) resp->add_lost_job_stream_ids(stream_id);
+      }
+    }
+  }
+  return grpc::Status::OK;
+}
+
+absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker, int64_t job_index,
+                                            const std::string& stream_id, const pb::FinishedImage& image,
+                                            RedisClient* redis, bool* lost, bool* cancelled) {
+  const JobSlice job = s.expander->JobAt(job_index);
+  if (image.item_index() < job.first_item || image.item_index() >= job.first_item + job.count) {
+    return absl::InvalidArgumentError(absl::StrCat("item ", image.item_index(), " is not in job ", job_index));
+  }
+  const Item item = s.expander->ItemAt(image.item_index());
+  const std::string file_name = s.expander->FileName(item);
+
+  // Check the image before taking any lock: it must decode, and its embedded
+  // parameters must be this item's.
+  auto text = engine::DecodePngText(image.png());
+  if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("image for item ", item.index, ": ", text.status().message()));
+  std::string parameters;
+  for (const auto& [k, v] : *text) {
+    if (k == "parameters") parameters = v;
+  }
+  auto params = engine::ParseA1111Parameters(parameters);
+  if (!params.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("image for item ", item.index, " has no valid parameters chunk"));
+  }
+  if (params->seed != item.seed || params->prompt != item.prompt || params->width != item.width ||
+      params->height != item.height || params->steps != item.steps) {
+    return absl::InvalidArgumentError(absl::StrCat("image for item ", item.index,
+                                                   " carries parameters of another image (seed ", params->seed, ")"));
+  }
+
+  JobQueue q(redis, opt_.key_prefix);
+  absl::MutexLock out_lock(&s.out_mu);
+  {
+    absl::MutexLock lock(&mu_);
+    if (s.state == State::kCancelled) {
+      *cancelled = true;
+      return absl::OkStatus();
+    }
+  }
+  if (!s.output) return absl::FailedPreconditionError("sweep " + s.name + " has no open output");
+  if (s.output->IsRecorded(file_name)) return absl::OkStatus();  // a redelivery: already on disk
+  ASSIGN_OR_RETURN(bool owner, q.IsOwner(s.model, worker, stream_id));
+  if (!owner) {
+    *lost = true;
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(s.output->WriteImage(file_name, image.png()));
+  nlohmann::json row = {{"prompt", item.prompt},
+                        {"negative_prompt", item.negative_prompt},
+                        {"seed", item.seed},
+                        {"guidance_scale", item.guidance_scale},
+                        {"steps", item.steps},
+                        {"sampler", item.sampler},
+                        {"width", item.width},
+                        {"height", item.height},
+                        {"model", s.model},
+                        {"model_hash", params->model_hash},
+                        {"sweep_id", s.id},
+                        {"sweep", s.name},
+                        {"item_index", item.index},
+                        {"job_index", job_index},
+                        {"worker", worker},
+                        {"render_seconds", image.render_seconds()},
+                        {"parameters", parameters}};
+  ASSIGN_OR_RETURN(bool added, s.output->RecordImage(file_name, row));
+  if (added) {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    ++s.done;
+    s.rate.Add(now);
+    s.worker_rates[worker].Add(now);
+    auto w = workers_.find(worker);
+    if (w != workers_.end()) {
+      w->second.rate.Add(now);
+      ++w->second.images_done;
+    }
+    s.recent_files.emplace_back(++s.seq, file_name);
+    if (s.recent_files.size() > kRecentEvents) s.recent_files.pop_front();
+    Changed(s);
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<pb::JobReport>* reader,
+                                          pb::ReportAck* ack) {
+  pb::JobReport msg;
+  std::shared_ptr<Sweep> sweep;
+  std::string worker, job_id, stream_id;
+  int64_t job_index = -1;
+  bool lost = false, cancelled = false, finished = false, bad = false, retryable = true;
+  std::string bad_reason;
+  std::optional<RedisPool::Handle> redis;
+
+  while (reader->Read(&msg)) {
+    if (job_index < 0) {
+      worker = msg.worker_id();
+      job_id = msg.job_id();
+      stream_id = msg.job_stream_id();
+      auto parsed = ParseJobId(job_id);
+      if (!parsed.ok()) return ToGrpc(parsed.status());
+      sweep = Find(parsed->first);
+      job_index = parsed->second;
+      if (!sweep || job_index >= sweep->jobs) {
+        lost = true;  // a sweep this coordinator does not know (deleted): nothing to keep
+      }
+      auto h = pool_.Acquire();
+      if (!h.ok()) return ToGrpc(h.status());
+      redis.emplace(std::move(*h));
+    } else if (msg.job_id() != job_id || msg.job_stream_id() != stream_id || msg.worker_id() != worker) {
+      return {grpc::StatusCode::INVALID_ARGUMENT, "one ReportJob stream carries one job"};
+    }
+    if (lost || cancelled || bad || finished) continue;  // drain the rest
+    switch (msg.event_case()) {
+      case pb::JobReport::kStep: {
+        absl::MutexLock lock(&mu_);
+        auto w = workers_.find(worker);
+        if (w != workers_.end()) {
+          w->second.current_job = job_id;
+          w->second.last_step = msg.step();
+          w->second.last_step.clear_preview_png();
+        }
+        break;
+      }
+      case pb::JobReport::kImage: {
+        absl::Status s = HandleImage(*sweep, worker, job_index, stream_id, msg.image(), redis->get(), &lost, &cancelled);
+        if (!s.ok()) {
+          if (s.code() == absl::StatusCode::kInvalidArgument) {
+            bad = true;
+            bad_reason = std::string(s.message());
+          } else {
+            // Disk or Redis trouble: the worker will send the report again.
+            Log(absl::StrCat("job ", job_id, " from ", worker, ": cannot store image: ", s.ToString()));
+            return ToGrpc(s);
+          }
+        }
+        break;
+      }
+      case pb::JobReport::kDone: {
+        finished = true;
+        // Every item must be on disk before the job is acknowledged.
+        const JobSlice job = sweep->expander->JobAt(job_index);
+        std::vector<int64_t> missing;
+        {
+          absl::MutexLock out_lock(&sweep->out_mu);
+          for (int64_t i = job.first_item; i < job.first_item + job.count; ++i) {
+            if (!sweep->output || !sweep->output->IsRecorded(sweep->expander->FileName(sweep->expander->ItemAt(i)))) {
+              missing.push_back(i);
+            }
+          }
+        }
+        if (!missing.empty()) {
+          bad = true;
+          bad_reason = absl::StrCat("the worker reported the job done without ", missing.size(), " of its images");
+          break;
+        }
+        auto r = (*redis)->Command({"EVAL", kFinishJobScript, "3", StreamKey(sweep->model), SweepKey(sweep->id),
+                                    SweepKey(sweep->id) + ":inflight", JobQueue::kGroup, worker, stream_id,
+                                    absl::StrCat(job_index)});
+        if (!r.ok()) return ToGrpc(r.status());
+        const int64_t code = r->array().size() == 2 ? r->array()[0].AsInt().value_or(0) : 0;
+        const int64_t jobs_done = r->array().size() == 2 ? r->array()[1].AsInt().value_or(0) : 0;
+        if (code == -1) lost = true;
+        {
+          absl::MutexLock lock(&mu_);
+          sweep->jobs_done = std::max(sweep->jobs_done, jobs_done);
+          if (code == 1) {
+            sweep->inflight.erase(job_index);
+            wake_scheduler_ = true;
+          }
+          auto w = workers_.find(worker);
+          if (w != workers_.end()) w->second.current_job.clear();
+          Changed(*sweep);
+        }
+        MaybeFinish(*sweep, redis->get());
+        break;
+      }
+      case pb::JobReport::kFailed: {
+        finished = true;
+        const pb::JobFailed& f = msg.failed();
+        bad = true;
+        bad_reason = f.error().empty() ? "unknown error" : f.error();
+        retryable = f.retryable();
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  if (job_index < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "empty report"};
+
+  if (bad && !lost && !cancelled && sweep) {
+    // The job failed (or its report was unusable): count the failure, then
+    // release it for another attempt or dead-letter it.
+    const JobSlice job = sweep->expander->JobAt(job_index);
+    std::vector<std::string> argv = {"EVAL", kFailJobScript, "6", StreamKey(sweep->model), SweepKey(sweep->id),
+                                     SweepKey(sweep->id) + ":inflight", SweepKey(sweep->id) + ":failures",
+                                     SweepKey(sweep->id) + ":failed", DeadKey(sweep->model), JobQueue::kGroup, worker,
+                                     stream_id, absl::StrCat(job_index), absl::StrCat(opt_.max_attempts),
+                                     absl::StrCat(absl::ToInt64Milliseconds(opt_.lease) + 1000),
+                                     retryable ? "1" : "0", bad_reason, job_id, PayloadFor(*sweep, job_index).ToJson()};
+    std::vector<std::string> failed_files;
+    {
+      absl::MutexLock out_lock(&sweep->out_mu);
+      for (int64_t i = job.first_item; i < job.first_item + job.count; ++i) {
+        const std::string fname = sweep->expander->FileName(sweep->expander->ItemAt(i));
+        if (!sweep->output || !sweep->output->IsRecorded(fname)) {
+          argv.push_back(absl::StrCat(i));
+          failed_files.push_back(fname);
+        }
+      }
+    }
+    auto r = (*redis)->Command(argv);
+    if (!r.ok()) return ToGrpc(r.status());
+    const int64_t code = r->array().size() == 2 ? r->array()[0].AsInt().value_or(0) : 0;
+    const int64_t value = r->array().size() == 2 ? r->array()[1].AsInt().value_or(0) : 0;
+    if (code == -1) lost = true;
+    if (code == 1) {
+      Log(absl::StrCat("job ", job_id, " failed on ", worker, " (attempt ", value, " of ", opt_.max_attempts,
+                       "): ", bad_reason, "; handed to another worker"));
+    } else if (code == 2) {
+      Log(absl::StrCat("job ", job_id, " dead-lettered after failing on ", worker, ": ", bad_reason, "; ",
+                       failed_files.size(), " images reported failed"));
+      {
+        absl::MutexLock lock(&mu_);
+        sweep->jobs_done = std::max(sweep->jobs_done, value);
+        sweep->inflight.erase(job_index);
+        sweep->failed += static_cast<int64_t>(failed_files.size());
+        for (const std::string& fname : failed_files) {
+          sweep->recent_failures.emplace_back(++sweep->seq, fname + ": " + bad_reason);
+          if (sweep->recent_failures.size() > kRecentEvents) sweep->recent_failures.pop_front();
+        }
+        wake_scheduler_ = true;
+        Changed(*sweep);
+      }
+      MaybeFinish(*sweep, redis->get());
+    }
+  }
+  if (lost) {
+    ++discarded_reports_;
+    Log(absl::StrCat("job ", job_id, " from ", worker, ": the worker no longer holds it; its results were discarded"));
+  }
+  ack->set_accepted(!lost);
+  ack->set_cancel(cancelled);
+  return grpc::Status::OK;
+}
+
+// -------------------------------------------------------------- scheduler --
+
+JobPayload Coordinator::Impl::PayloadFor(const Sweep& s, int64_t job_index) const {
+  const JobSlice slice = s.expander->JobAt(job_index);
+  JobPayload p;
+  p.sweep_id = s.id;
+  p.job_index = job_index;
+  p.model = s.model;
+  for (int64_t i = slice.first_item; i < slice.first_item + slice.count; ++i) {
+    const Item item = s.expander->ItemAt(i);
+    if (p.items.empty()) {
+      p.width = item.width;
+      p.height = item.height;
+      p.steps = item.steps;
+      p.sampler = item.sampler;
+    }
+    p.items.push_back({item.index, s.expander->FileName(item), item.prompt, item.negative_prompt, item.seed,
+                       item.guidance_scale});
+  }
+  return p;
+}
+
+absl::Status Coordinator::Impl::FillModel(const std::string& model) {
+  ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
+  JobQueue q(redis.get(), opt_.key_prefix);
+  RETURN_IF_ERROR(q.EnsureGroup(model));
+  ASSIGN_OR_RETURN(int64_t length, q.Length(model));
+  ASSIGN_OR_RETURN(int64_t pending, q.Pending(model));
+  int64_t waiting = length - pending;
+  while (true) {
+    std::shared_ptr<Sweep> pick;
+    int64_t job_index = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      if (shutdown_) return absl::OkStatus();
+      const int live = LiveWorkers(model);
+      // Few jobs wait in the stream, so a sweep submitted now is served
+      // within about one job's time; each sweep holds a bounded window.
+      const int64_t target_waiting = std::max(2, live);
+      if (waiting >= target_waiting) break;
+      const size_t window = static_cast<size_t>(std::max(opt_.window, 2 * live));
+      for (auto& [id, s] : sweeps_) {
+        if (s->model != model || s->state != State::kRunning || s->next_job >= s->jobs) continue;
+        if (s->inflight.size() >= window) continue;
+        if (!pick || s->pass < pick->pass || (s->pass == pick->pass && s->created_ms < pick->created_ms)) pick = s;
+      }
+      if (!pick) break;
+      job_index = pick->next_job;
+    }
+    const JobPayload payload = PayloadFor(*pick, job_index);
+    ASSIGN_OR_RETURN(RedisReply r, redis->Command({"EVAL", kEnqueueScript, "3", StreamKey(model), SweepKey(pick->id),
+                                                   SweepKey(pick->id) + ":inflight", absl::StrCat(job_index),
+                                                   payload.job_id(), payload.ToJson()}));
+    absl::MutexLock lock(&mu_);
+    if (r.is_nil()) {
+      // The sweep changed state (cancel, pause) meanwhile: reload its cursor.
+      auto h = redis->Command({"HGET", SweepKey(pick->id), "next_job"});
+      int64_t n = 0;
+      if (h.ok() && h->is_string() && absl::SimpleAtoi(h->str(), &n)) pick->next_job = std::max(pick->next_job, n);
+      if (pick->state == State::kRunning && pick->next_job == job_index) break;  // avoid a busy loop
+      continue;
+    }
+    pick->next_job = job_index + 1;
+    pick->inflight[job_index] = r.str();
+    pick->pass += 1.0 / pick->priority;
+    model_vtime_[model] = std::max(model_vtime_[model], pick->pass);
+    ++waiting;
+  }
+  return absl::OkStatus();
+}
+
+void Coordinator::Impl::SchedulerLoop() {
+  absl::Time last_error_log = absl::InfinitePast();
+  while (true) {
+    std::set<std::string> models;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time deadline = absl::Now() + absl::Milliseconds(200);
+      while (!shutdown_ && !wake_scheduler_ && absl::Now() < deadline) changed_.WaitWithDeadline(&mu_, deadline);
+      if (shutdown_) return;
+      wake_scheduler_ = false;
+      for (auto& [id, s] : sweeps_) {
+        if (s->state == State::kRunning && s->next_job < s->jobs) models.insert(s->model);
+      }
+    }
+    for (const std::string& model : models) {
+      absl::Status s = FillModel(model);
+      if (!s.ok() && absl::Now() - last_error_log > absl::Seconds(10)) {
+        last_error_log = absl::Now();
+        Log(absl::StrCat("cannot queue jobs for model ", model, ": ", s.ToString(), " (retrying)"));
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------ Coordinator --
+
+Coordinator::Coordinator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Coordinator::~Coordinator() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& options) {
+  if (!options.no_auth) {
+    if (options.client_token.empty() || options.worker_token.empty()) {
+      return absl::InvalidArgumentError(
+          "both a client token and a worker token are required (--client-token, --worker-token or their "
+          "SDFARM_* variables); --no-auth runs without them");
+    }
+    if (options.client_token == options.worker_token) {
+      return absl::InvalidArgumentError("the client token and the worker token must differ");
+    }
+  }
+  if (options.max_attempts < 1) return absl::InvalidArgumentError("max attempts must be at least 1");
+  if (options.job_size < 1 || options.job_size > 256) return absl::InvalidArgumentError("job size must be in [1, 256]");
+  if (options.window < 1) return absl::InvalidArgumentError("window must be at least 1");
+  if (options.lease < absl::Seconds(1)) return absl::InvalidArgumentError("the lease must be at least 1 s");
+  auto impl = std::make_unique<Impl>(options);
+  RETURN_IF_ERROR(impl->Start());
+  return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
+}
+
+grpc::Service* Coordinator::client_service() { return impl_->client_service(); }
+grpc::Service* Coordinator::worker_service() { return impl_->worker_service(); }
+void Coordinator::Shutdown() { impl_->Shutdown(); }
+
+}  // namespace sdfarm::coordinator

@@ -704,8 +704,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
   return OkStatus();
 }
 
-StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPngTextImpl(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(path));
+StatusOr<std::vector<std::pair<std::string, std::string>>> DecodePngTextImpl(const std::string& bytes) {
   RETURN_IF_ERROR(CheckPngHeader(bytes));
   RETURN_IF_ERROR(CheckChunkLengths(bytes));
   PngReader reader(bytes, /*keep_text=*/true);
@@ -780,11 +779,21 @@ Status WritePngAtomic(const std::string& path, const Image& image,
 
 StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPngText(const std::string& path) {
   try {
-    auto text = ReadPngTextImpl(path);
+    auto bytes = ReadFileBytes(path);
+    if (!bytes.ok()) return bytes.status().WithContext(path);
+    auto text = DecodePngTextImpl(*bytes);
     if (!text.ok()) return text.status().WithContext(path);
     return text;
   } catch (const std::bad_alloc&) {
     return ResourceExhaustedError(path + ": out of memory reading PNG text");
+  }
+}
+
+StatusOr<std::vector<std::pair<std::string, std::string>>> DecodePngText(const std::string& bytes) {
+  try {
+    return DecodePngTextImpl(bytes);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError("out of memory reading PNG text");
   }
 }
 

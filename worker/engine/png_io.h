@@ -84,6 +84,8 @@ Status WritePngAtomic(const std::string& path, const Image& image,
 // decoded too (to reach trailing chunks), so a corrupt image is an error.
 // Text chunks over libpng's 8 MB chunk limit are skipped.
 StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPngText(const std::string& path);
+// ReadPngText on a PNG held in memory (which also proves it decodes).
+StatusOr<std::vector<std::pair<std::string, std::string>>> DecodePngText(const std::string& bytes);
 
 }  // namespace sdfarm::engine
 
