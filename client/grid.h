@@ -8,15 +8,34 @@
 //
 // Axes are metadata.jsonl keys (seed, guidance_scale, steps, sampler, prompt,
 // negative_prompt, width, height, ...; "guidance", "cfg" are accepted for
-// guidance_scale). Values are ordered numerically when every value is a
-// number, else as strings. When parameters other than the two axes vary
-// (several prompts, say), one sheet is made per combination of them:
-// grid-001.png, grid-002.png, ... each titled with its fixed values; with a
-// single combination the sheet is grid.png. Labels are drawn with a built-in
-// bitmap font (ASCII; other characters are shown as '?'). A cell whose image
-// is missing (failed, not yet rendered) is drawn grey. Cells larger than
-// max_cell pixels on a side are downscaled (box filter). Sheets are written
-// atomically into the sweep folder (or out_dir when set).
+// guidance_scale). Bookkeeping keys (file_name, item_index, job_index, worker,
+// render_seconds, parameters, sweep_id, sweep, model_hash) are not axes.
+// Values are ordered numerically when every value is a number (1, 2, 10; 7
+// and 7.0 are the same value), else as strings; a row that lacks the key
+// comes last, labelled "-". When parameters other than the two axes vary
+// (several prompts, say; bookkeeping keys never count), one sheet is made per
+// combination of them that occurs: grid-001.png, grid-002.png, ... in value
+// order, each titled with its fixed values; with a single combination the
+// sheet is grid.png. Every sheet has the same rows and columns: all the
+// values the axes take in the whole folder.
+//
+// Layout: a title band (`fox-study | prompt: "a fox" | steps 30 | euler_a |
+// 512x512`, wrapped to at most 3 lines), column headers ("cfg 7.5"), row
+// labels ("seed 42") on the left, then the cells with a small gap, black text
+// on white. Labels are drawn with a built-in 5x7 bitmap font at 2x when cells
+// are at least 128 px, else 1x (ASCII; other characters are shown as '?');
+// labels too long for their place end with "..". The labels are also stored
+// in the PNG as text chunks "Title", "Rows" and "Columns" (one label per
+// line). A cell whose image is missing (failed, so not recorded, or recorded
+// but its file is gone) is drawn grey (128, 128, 128). Images larger than
+// max_cell pixels on a side are downscaled by an integer factor (box filter);
+// cells are as large as the sheet's largest (downscaled) image and smaller
+// images are centred in them. If a sheet would exceed the largest PNG
+// (engine::kMaxPngDimension a side), its cells are downscaled further.
+// When two rows have the same values, the first one in the file is shown.
+// Sheets are written atomically into the sweep folder (or out_dir when set,
+// created if needed); the paths returned are that folder joined with the
+// sheet's name.
 #ifndef SDFARM_CLIENT_GRID_H_
 #define SDFARM_CLIENT_GRID_H_
 
@@ -40,9 +59,12 @@ struct GridSummary {
   int missing = 0;                 // cells drawn grey
 };
 
-// NotFound when the folder has no metadata.jsonl; InvalidArgument when an
-// axis is not a metadata key, both axes are the same, or options are out of
-// range; DataLoss when a row or an image cannot be read.
+// NotFound when the folder has no metadata.jsonl (or it has no rows yet);
+// InvalidArgument when an axis is not a metadata key (the message lists the
+// valid ones), both axes are the same, or options are out of range; DataLoss
+// when a row cannot be read (the message has its line number; a file_name
+// outside the folder counts as unreadable) or an image cannot be read (the
+// message has its path). Errors writing a sheet are passed on as they come.
 absl::StatusOr<GridSummary> MakeGrid(const std::string& sweep_dir, const GridOptions& options);
 
 }  // namespace sdfarm::client

@@ -162,7 +162,8 @@ int Run(int argc, char** argv) {
   sigwait(&signals, &sig);
   std::fprintf(stderr, "sdfarm-coordinator: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   (*coordinator)->Shutdown();  // ends watch streams first, so the server can drain
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // In-flight calls get 3 s; workers resend unacknowledged reports anyway.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   server->Wait();
   std::fprintf(stderr, "sdfarm-coordinator: stopped\n");
   return 0;

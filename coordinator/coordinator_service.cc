@@ -1005,7 +1005,8 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
   if (!params.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("image for item ", item.index, " has no valid parameters chunk"));
   }
-  if (params->seed != item.seed || params->prompt != item.prompt || params->width != item.width ||
+  // (Prompts are not compared: A1111's format strips whitespace around prompt lines.)
+  if (params->seed != item.seed || params->cfg_scale != item.guidance_scale || params->width != item.width ||
       params->height != item.height || params->steps != item.steps) {
     return absl::InvalidArgumentError(absl::StrCat("image for item ", item.index,
                                                    " carries parameters of another image (seed ", params->seed, ")"));

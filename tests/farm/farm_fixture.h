@@ -1,0 +1,97 @@
+// A whole farm on loopback for end-to-end tests: a real redis-server (from
+// PATH, free port, AOF with appendfsync always), the sdfarm-coordinator
+// binary and N sdfarm-worker processes, each a child process with its log in
+// the farm's temp dir; plus a ClientService stub holding the client token.
+//
+//   ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 2}));
+//   ASSERT_OK_AND_ASSIGN(std::string id, farm->Submit(spec_json));
+//   ASSERT_OK_AND_ASSIGN(auto status, farm->WaitForState(id, sdfarm::v1::DONE, absl::Minutes(3)));
+//
+// Everything is stopped and removed by the destructor.
+#ifndef SDFARM_TESTS_FARM_FARM_FIXTURE_H_
+#define SDFARM_TESTS_FARM_FARM_FIXTURE_H_
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/subprocess.h"
+#include "sdfarm.grpc.pb.h"
+#include "tests/common/redis_server_fixture.h"
+
+namespace sdfarm::testing {
+
+std::string SharedPath(const std::string& relative);  // under SDFARM_SHARED_DIR
+
+struct FarmOptions {
+  int workers = 2;
+  std::string model_dir;          // default: ../shared/models/tiny-sd
+  std::string engine;             // "" (the real engine) or "synthetic:MS"
+  int batch_size = 4;
+  double lease_seconds = 4;
+  int max_attempts = 3;
+  int job_size = 4;
+  std::vector<std::pair<std::string, std::string>> worker_env;  // e.g. SDFARM_TEST_FAIL_PROMPT
+};
+
+class Farm {
+ public:
+  static absl::StatusOr<std::unique_ptr<Farm>> Start(FarmOptions options);
+  ~Farm();
+
+  // Coordinator lifecycle (same port, same Redis, same output root).
+  absl::Status StartCoordinator();
+  absl::Status StopCoordinator();  // SIGTERM
+  absl::Status KillCoordinator();  // SIGKILL
+  // Starts one more worker; returns its index.
+  absl::StatusOr<int> StartWorker();
+  Subprocess* worker(int i) { return workers_[i].get(); }
+  int num_workers() const { return static_cast<int>(workers_.size()); }
+  RedisServer* redis() { return redis_.get(); }
+
+  const std::string& address() const { return address_; }
+  const std::string& output_root() const { return output_root_; }
+  const std::string& client_token() const { return client_token_; }
+  const std::string& worker_token() const { return worker_token_; }
+  const std::string& dir() const { return dir_; }
+  sdfarm::v1::ClientService::Stub* client() { return client_.get(); }
+  std::shared_ptr<grpc::Channel> channel() { return channel_; }
+
+  // Submits spec_json with the client token.
+  absl::StatusOr<std::string> Submit(const std::string& spec_json);
+  absl::StatusOr<sdfarm::v1::SweepStatus> Status(const std::string& sweep);
+  // Polls Status until the sweep reaches `state` (UNAVAILABLE while the
+  // coordinator restarts is retried); DeadlineExceeded with the last status.
+  absl::StatusOr<sdfarm::v1::SweepStatus> WaitForState(const std::string& sweep, sdfarm::v1::SweepState state,
+                                                       absl::Duration timeout);
+  absl::StatusOr<sdfarm::v1::WorkersResponse> Workers();
+  // Every log of the farm (coordinator, workers), for failure messages.
+  std::string Logs() const;
+
+ private:
+  explicit Farm(FarmOptions options) : options_(std::move(options)) {}
+
+  FarmOptions options_;
+  std::string dir_, output_root_, address_, client_token_, worker_token_;
+  int port_ = 0;
+  std::unique_ptr<RedisServer> redis_;
+  std::unique_ptr<Subprocess> coordinator_;
+  std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<sdfarm::v1::ClientService::Stub> client_;
+};
+
+// Result of running a program to completion.
+struct RunResult {
+  int exit_code = -1;
+  std::string output;  // stdout + stderr
+};
+RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& env,
+                     absl::Duration timeout);
+
+}  // namespace sdfarm::testing
+
+#endif  // SDFARM_TESTS_FARM_FARM_FIXTURE_H_

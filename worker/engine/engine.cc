@@ -457,4 +457,25 @@ std::vector<Image> PreviewImages(const at::Tensor& latents) {
   return out;
 }
 
+GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& request, const RenderItem& item,
+                                   int width, int height, std::string_view version) {
+  GenerationParameters p;
+  p.prompt = item.prompt;
+  p.negative_prompt = item.guidance_scale > 1.0 ? item.negative_prompt : "";
+  p.steps = request.steps;
+  const std::string& sampler_name = request.sampler.empty() ? model.default_sampler : request.sampler;
+  auto sampler = ParseSampler(sampler_name);
+  p.sampler = sampler.ok() ? std::string(SamplerDisplayName(*sampler)) : sampler_name;
+  p.cfg_scale = item.guidance_scale;
+  p.seed = item.seed;
+  p.width = width;
+  p.height = height;
+  p.model_hash = model.hash;
+  p.model = model.name;
+  if (request.init_image) p.denoising_strength = request.strength;
+  if (request.clip_skip > 1) p.clip_skip = request.clip_skip;
+  p.extra.push_back({"Version", std::string(version)});
+  return p;
+}
+
 }  // namespace sdfarm::engine

@@ -27,8 +27,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
 #include "worker/engine/status.h"
 
@@ -127,6 +129,17 @@ class Engine {
 // A cheap RGB preview of latents [B, 4, h, w] (any device): the linear
 // 4-to-3 approximation of the SD 1.x/2.x VAE, at latent resolution (h x w).
 std::vector<Image> PreviewImages(const at::Tensor& latents);
+
+// The AUTOMATIC1111 parameters of one rendered image: `item` of `request`,
+// rendered by the model `model` describes into a width x height image.
+// sdfarm-render and the farm's workers both embed
+// FormatA1111Parameters(ParametersFor(...)) in their PNGs, so the same item
+// gets the same text from either. `version` is the "Version" value, e.g.
+// "sdfarm 0.1.0". The negative prompt is recorded only when guidance is on
+// (> 1), since only then does it affect the image; an unknown sampler name
+// (which Validate rejects) is written as given.
+GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& request, const RenderItem& item,
+                                   int width, int height, std::string_view version);
 
 }  // namespace sdfarm::engine
 

@@ -213,20 +213,8 @@ int RunRender(int argc, char** argv) {
         std::fprintf(stderr, "warning: prompt of image %zu is longer than 77 tokens; %d tokens were dropped\n",
                      begin + i, result->dropped_tokens[i]);
       }
-      engine::GenerationParameters p;
-      p.prompt = item.prompt;
-      p.negative_prompt = item.guidance_scale > 1.0 ? item.negative_prompt : "";
-      p.steps = req.steps;
-      p.sampler = std::string(engine::SamplerDisplayName(*sampler));
-      p.cfg_scale = item.guidance_scale;
-      p.seed = item.seed;
-      p.width = result->images[i].width;
-      p.height = result->images[i].height;
-      p.model_hash = info.hash;
-      p.model = info.name;
-      if (req.init_image) p.denoising_strength = req.strength;
-      if (req.clip_skip > 1) p.clip_skip = req.clip_skip;
-      p.extra.push_back({"Version", "sdfarm " SDFARM_VERSION});
+      const engine::GenerationParameters p = engine::ParametersFor(
+          info, req, item, result->images[i].width, result->images[i].height, "sdfarm " SDFARM_VERSION);
       const std::string path = out_dir + "/" + FileName(begin + i, item);
       if (auto s = engine::WritePngAtomic(path, result->images[i], {{"parameters", engine::FormatA1111Parameters(p)}});
           !s.ok()) {

@@ -1,0 +1,77 @@
+// engine::ParametersFor is the one place where the A1111 "parameters" text of
+// a rendered image is decided, for sdfarm-render and the farm's workers alike.
+// (farm_worker_test.cc checks that a worker's PNG equals sdfarm-render's byte
+// for byte.)
+#include <gtest/gtest.h>
+
+#include "worker/engine/a1111_parameters.h"
+#include "worker/engine/engine.h"
+
+namespace sdfarm::engine {
+namespace {
+
+ModelInfo Model() {
+  ModelInfo m;
+  m.name = "sd15";
+  m.hash = "1a2b3c4d5e";
+  m.default_sampler = "pndm";
+  return m;
+}
+
+RenderRequest Request(const std::string& sampler) {
+  RenderRequest r;
+  r.steps = 30;
+  r.sampler = sampler;
+  r.items = {{"a red fox, snow", "blurry", 7, 7.5}};
+  return r;
+}
+
+TEST(ParametersFor, WritesWhatSdfarmRenderWrites) {
+  const RenderRequest r = Request("euler_a");
+  EXPECT_EQ(FormatA1111Parameters(ParametersFor(Model(), r, r.items[0], 512, 768, "sdfarm 0.1.0")),
+            "a red fox, snow\n"
+            "Negative prompt: blurry\n"
+            "Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 7, Size: 512x768, Model hash: 1a2b3c4d5e, "
+            "Model: sd15, Version: sdfarm 0.1.0");
+}
+
+TEST(ParametersFor, LeavesOutTheNegativePromptWithoutGuidance) {
+  RenderRequest r = Request("dpmpp_2m_karras");
+  r.items[0].guidance_scale = 1.0;
+  EXPECT_EQ(FormatA1111Parameters(ParametersFor(Model(), r, r.items[0], 64, 64, "sdfarm 0.1.0")),
+            "a red fox, snow\n"
+            "Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 1, Seed: 7, Size: 64x64, Model hash: 1a2b3c4d5e, "
+            "Model: sd15, Version: sdfarm 0.1.0");
+}
+
+TEST(ParametersFor, UsesTheModelsSamplerWhenTheRequestHasNone) {
+  const RenderRequest r = Request("");
+  EXPECT_EQ(ParametersFor(Model(), r, r.items[0], 64, 64, "v").sampler, "PNDM");
+}
+
+TEST(ParametersFor, RecordsStrengthAndClipSkipWhenTheyApply) {
+  RenderRequest r = Request("ddim");
+  r.clip_skip = 2;
+  r.strength = 0.6;
+  Image init;
+  init.width = init.height = 8;
+  init.channels = 3;
+  init.pixels.assign(8 * 8 * 3, 0);
+  r.init_image = init;
+  const GenerationParameters p = ParametersFor(Model(), r, r.items[0], 8, 8, "sdfarm 0.1.0");
+  EXPECT_EQ(p.denoising_strength, 0.6);
+  EXPECT_EQ(p.clip_skip, 2);
+  EXPECT_EQ(FormatA1111Parameters(p),
+            "a red fox, snow\n"
+            "Negative prompt: blurry\n"
+            "Steps: 30, Sampler: DDIM, CFG scale: 7.5, Seed: 7, Size: 8x8, Model hash: 1a2b3c4d5e, Model: sd15, "
+            "Denoising strength: 0.6, Clip skip: 2, Version: sdfarm 0.1.0");
+  r.clip_skip = 1;
+  r.init_image.reset();
+  const GenerationParameters plain = ParametersFor(Model(), r, r.items[0], 8, 8, "sdfarm 0.1.0");
+  EXPECT_FALSE(plain.denoising_strength.has_value());
+  EXPECT_FALSE(plain.clip_skip.has_value());
+}
+
+}  // namespace
+}  // namespace sdfarm::engine
