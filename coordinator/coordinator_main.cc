@@ -71,6 +71,7 @@ int Run(int argc, char** argv) {
   flags.Add("job-size", "N", "images per job (a worker renders a job in batches of its own size)", "4");
   flags.Add("window", "N", "jobs of one sweep held in Redis at once (at least 2 per live worker)", "8");
   flags.Add("max-images", "N", "largest sweep accepted", "10000000");
+  flags.Add("max-watchers", "N", "concurrent `sdfarm watch` streams accepted", "1000");
   flags.Add("key-prefix", "PREFIX", "prefix of every Redis key", "sdfarm");
   flags.SetEpilog(
       "Examples:\n"
@@ -102,7 +103,9 @@ int Run(int argc, char** argv) {
   auto job_size = flags.GetInt("job-size", 1, 256);
   auto window = flags.GetInt("window", 1, 100000);
   auto max_images = flags.GetInt("max-images", 1, INT64_MAX);
-  for (const auto* s : {&lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status()}) {
+  auto max_watchers = flags.GetInt("max-watchers", 1, 1000000);
+  for (const auto* s : {&lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status(),
+                        &max_watchers.status()}) {
     if (!s->ok()) return Fail(s->message(), 2);
   }
   opt.lease = absl::Seconds(*lease);
@@ -110,6 +113,7 @@ int Run(int argc, char** argv) {
   opt.job_size = static_cast<int>(*job_size);
   opt.window = static_cast<int>(*window);
   opt.limits.max_images = *max_images;
+  opt.max_watchers = static_cast<int>(*max_watchers);
   opt.key_prefix = flags.Get("key-prefix");
   if (flags.Has("tls-cert") != flags.Has("tls-key")) return Fail("--tls-cert and --tls-key go together", 2);
 
