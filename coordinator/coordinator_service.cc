@@ -185,6 +185,47 @@ redis.call('HSET', KEYS[3], 'state', 'cancelled')
 return #m / 2
 )lua";
 
+// KEYS: stream, inflight hash. ARGV: group, lease ms. The in-flight jobs of a
+// sweep whose stream entry is gone although the job was never acked (the
+// stream was trimmed, or the entry deleted by hand: XTRIM and XDEL delete
+// pending entries too) and that nobody can still finish: it was never
+// delivered, or its delivery has been idle for a whole lease. (A live owner
+// renews its delivery; Redis >= 7 then drops the pending entry of a deleted
+// message, so the job comes back here on a later pass.) Returns their job
+// indexes.
+constexpr char kFindLostJobsScript[] = R"lua(
+local m = redis.call('HGETALL', KEYS[2])
+local lost = {}
+for i = 1, #m, 2 do
+  local id = m[i + 1]
+  if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+    local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+    if p.err or #p == 0 or tonumber(p[1][3]) >= tonumber(ARGV[2]) then
+      table.insert(lost, m[i])
+    end
+  end
+end
+return lost
+)lua";
+
+// KEYS: stream, sweep hash, inflight hash. ARGV: group, job index, the lost
+// stream id, job id, payload, lease ms. Enqueues a lost job (see above) again
+// under a new stream id, if it is still lost; returns the new id, or nil.
+constexpr char kRequeueLostJobScript[] = R"lua(
+if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[3] then return false end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= 'running' and state ~= 'paused' then return false end
+if #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) > 0 then return false end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p.err and #p > 0 then
+  if tonumber(p[1][3]) < tonumber(ARGV[6]) then return false end
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+end
+local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[4], 'payload', ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[2], id)
+return id
+)lua";
+
 // ------------------------------------------------------------------ state --
 
 enum class State { kRunning, kPaused, kDone, kCancelled };
@@ -289,6 +330,16 @@ struct WorkerRecord {
 };
 
 constexpr size_t kRecentEvents = 4096;
+// How often the scheduler checks each unfinished sweep against Redis.
+constexpr absl::Duration kReconcileInterval = absl::Seconds(2);
+// How long start-up waits for Redis to answer.
+constexpr absl::Duration kStartupRedisWait = absl::Seconds(60);
+
+// Errors that a later attempt may not get: Redis unreachable, restarting,
+// too slow, or the connection broke.
+bool IsTransient(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded;
+}
 
 }  // namespace
 
@@ -341,7 +392,10 @@ class Coordinator::Impl {
   std::string StreamKey(const std::string& model) const { return Key("jobs:" + model); }
   std::string DeadKey(const std::string& model) const { return Key("dead:" + model); }
 
+  absl::Status StartWithRedis();
   absl::Status LoadSweeps();
+  // Loads the sweeps LoadSweeps could not for a transient reason.
+  void LoadMissingSweeps();
   absl::StatusOr<std::shared_ptr<Sweep>> LoadSweep(RedisClient* redis, const std::string& id);
   std::shared_ptr<Sweep> Find(const std::string& ref) ABSL_LOCKS_EXCLUDED(mu_);
   void FillStatus(Sweep& s, pb::SweepStatus* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -351,10 +405,28 @@ class Coordinator::Impl {
   }
   void MaybeFinish(Sweep& s, RedisClient* redis) ABSL_LOCKS_EXCLUDED(mu_);
   double LiveRate(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The stride-scheduling pass a sweep joining its model's queue starts at.
+  double StartPass(const Sweep& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    double vt = model_vtime_[s.model];
+    for (auto& [sid, other] : sweeps_) {
+      if (other->model == s.model && other->state == State::kRunning && other->next_job < other->jobs) {
+        vt = std::max(vt, other->pass);
+      }
+    }
+    // The current virtual time, minus one step: the sweep is served next
+    // without being able to claim a backlog of turns.
+    return vt > 0 ? vt - 1.0 / s.priority : 0;
+  }
   int LiveWorkers(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void SchedulerLoop();
   absl::Status FillModel(const std::string& model);
+  // Brings the cached state of an unfinished sweep back in line with Redis,
+  // where a Redis reply lost on a broken connection, or a stream trimmed by
+  // hand, can leave it behind: enqueues again in-flight jobs whose stream
+  // entry was deleted, reloads the in-flight map and the jobs done, and
+  // completes the sweep when every job is.
+  absl::Status Reconcile(Sweep& s);
   JobPayload PayloadFor(const Sweep& s, int64_t job_index) const;
 
   // Handles one reported image; sets *lost / *cancelled when it was discarded.
@@ -370,6 +442,7 @@ class Coordinator::Impl {
   std::map<std::string, std::string> names_ ABSL_GUARDED_BY(mu_);               // name -> id
   std::map<std::string, WorkerRecord> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, double> model_vtime_ ABSL_GUARDED_BY(mu_);  // virtual time of each model's queue
+  std::set<std::string> unloaded_ ABSL_GUARDED_BY(mu_);              // sweep ids to load again
   int watchers_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_scheduler_ ABSL_GUARDED_BY(mu_) = false;
@@ -460,8 +533,29 @@ class Coordinator::Impl {
 // --------------------------------------------------------------- start-up --
 
 absl::Status Coordinator::Impl::Start() {
+  std::error_code ec;
+  std::filesystem::create_directories(opt_.output_root, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot create output root ", opt_.output_root, ": ", ec.message()));
+  // Redis may be restarting as the coordinator starts (both restarted at
+  // once, a broken connection): transient errors are retried for a while.
+  const absl::Time deadline = absl::Now() + kStartupRedisWait;
+  absl::Duration backoff = absl::Milliseconds(200);
+  while (true) {
+    absl::Status s = StartWithRedis();
+    if (s.ok()) break;
+    if (!IsTransient(s) || absl::Now() + backoff > deadline) return s;
+    Log(absl::StrCat("Redis at start-up: ", s.ToString(), "; retrying in ", absl::FormatDuration(backoff)));
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(2));
+  }
+  scheduler_ = std::thread([this] { SchedulerLoop(); });
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::Impl::StartWithRedis() {
   ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
   if (absl::Status s = redis->CheckNoEviction(); !s.ok()) {
+    if (IsTransient(s)) return s;
     Log(absl::StrCat("WARNING: ", s.message(),
                      " -- Redis may silently delete queued jobs and sweep state under memory pressure; "
                      "set `maxmemory-policy noeviction`"));
@@ -470,12 +564,7 @@ absl::Status Coordinator::Impl::Start() {
   if (aof.array().size() == 2 && aof.array()[1].str() != "yes") {
     Log("WARNING: Redis runs without AOF (appendonly no): a Redis restart loses queued jobs and sweep state");
   }
-  std::error_code ec;
-  std::filesystem::create_directories(opt_.output_root, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot create output root ", opt_.output_root, ": ", ec.message()));
-  RETURN_IF_ERROR(LoadSweeps());
-  scheduler_ = std::thread([this] { SchedulerLoop(); });
-  return absl::OkStatus();
+  return LoadSweeps();
 }
 
 void Coordinator::Impl::Shutdown() {
@@ -542,7 +631,11 @@ absl::Status Coordinator::Impl::LoadSweeps() {
   for (const RedisReply& id : ids.array()) {
     auto s = LoadSweep(redis.get(), id.str());
     if (!s.ok()) {
-      Log(absl::StrCat("cannot load sweep ", id.str(), ": ", s.status().ToString()));
+      // Tried again every few seconds (LoadMissingSweeps): a Redis reply
+      // lost now must not leave the sweep unserved until the next restart.
+      Log(absl::StrCat("cannot load sweep ", id.str(), ": ", s.status().ToString(), IsTransient(s.status()) ? " (retrying)" : ""));
+      absl::MutexLock lock(&mu_);
+      if (IsTransient(s.status())) unloaded_.insert(id.str());
       continue;
     }
     absl::MutexLock lock(&mu_);
@@ -705,6 +798,23 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
             "sweep name '" + spec->name + "' is already used by sweep " + existing + "; choose another name"};
   }
   if (code == 1) {  // a retry of a submit that already happened
+    // The first attempt may have failed after creating the sweep in Redis
+    // (its reply lost with a broken connection) and before this process
+    // loaded it: load it now, or it would exist but never run.
+    if (!Find(existing)) {
+      auto loaded = LoadSweep(redis->get(), existing);
+      if (!loaded.ok()) return ToGrpc(loaded.status());
+      absl::MutexLock lock(&mu_);
+      if (!sweeps_.count(existing)) {
+        (*loaded)->pass = StartPass(**loaded);
+        sweeps_[existing] = *loaded;
+        names_[(*loaded)->name] = existing;
+        wake_scheduler_ = true;
+        changed_.SignalAll();
+        Log(absl::StrCat("sweep ", (*loaded)->name, " (", existing, ") submitted again with request id ",
+                         request_id, ": loaded it"));
+      }
+    }
     resp->set_sweep_id(existing);
     return grpc::Status::OK;
   }
@@ -712,13 +822,7 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
   if (!sweep.ok()) return ToGrpc(sweep.status());
   {
     absl::MutexLock lock(&mu_);
-    double vt = model_vtime_[spec->model];
-    for (auto& [sid, s] : sweeps_) {
-      if (s->model == spec->model && s->state == State::kRunning && s->next_job < s->jobs) vt = std::max(vt, s->pass);
-    }
-    // Start at the current virtual time, minus one step, so a new sweep is
-    // served next without being able to claim a backlog of turns.
-    (*sweep)->pass = vt > 0 ? vt - 1.0 / (*sweep)->priority : 0;
+    (*sweep)->pass = StartPass(**sweep);
     sweeps_[id] = *sweep;
     names_[spec->name] = id;
     wake_scheduler_ = true;
@@ -1299,9 +1403,97 @@ absl::Status Coordinator::Impl::FillModel(const std::string& model) {
   return absl::OkStatus();
 }
 
+void Coordinator::Impl::LoadMissingSweeps() {
+  std::set<std::string> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    ids = unloaded_;
+  }
+  if (ids.empty()) return;
+  auto redis = pool_.Acquire();
+  if (!redis.ok()) return;
+  for (const std::string& id : ids) {
+    auto s = LoadSweep(redis->get(), id);
+    if (!s.ok() && IsTransient(s.status())) continue;  // next time
+    absl::MutexLock lock(&mu_);
+    unloaded_.erase(id);
+    if (!s.ok()) {
+      Log(absl::StrCat("cannot load sweep ", id, ": ", s.status().ToString()));
+      continue;
+    }
+    if (sweeps_.count(id)) continue;
+    (*s)->pass = StartPass(**s);
+    names_[(*s)->name] = id;
+    sweeps_[id] = *s;
+    wake_scheduler_ = true;
+    Log(absl::StrCat("loaded sweep ", (*s)->name, " (", id, ")", Terminal((*s)->state) ? "" : "; it resumes"));
+  }
+}
+
+absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
+  ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
+  const std::string lease_ms = absl::StrCat(absl::ToInt64Milliseconds(opt_.lease));
+  const std::string inflight_key = SweepKey(s.id) + ":inflight";
+  ASSIGN_OR_RETURN(RedisReply lost, redis->Command({"EVAL", kFindLostJobsScript, "2", StreamKey(s.model),
+                                                    inflight_key, JobQueue::kGroup, lease_ms}));
+  for (const RedisReply& j : lost.array()) {
+    int64_t job_index = 0;
+    if (!absl::SimpleAtoi(j.str(), &job_index) || job_index < 0 || job_index >= s.jobs) continue;
+    ASSIGN_OR_RETURN(RedisReply old_id, redis->Command({"HGET", inflight_key, j.str()}));
+    if (!old_id.is_string()) continue;
+    const JobPayload payload = PayloadFor(s, job_index);
+    ASSIGN_OR_RETURN(RedisReply r, redis->Command({"EVAL", kRequeueLostJobScript, "3", StreamKey(s.model),
+                                                   SweepKey(s.id), inflight_key, JobQueue::kGroup, j.str(),
+                                                   old_id.str(), payload.job_id(), payload.ToJson(), lease_ms}));
+    if (r.is_string()) {
+      Log(absl::StrCat("job ", payload.job_id(), ": its stream entry ", old_id.str(),
+                       " was deleted (stream trimmed?) before the job finished; enqueued it again as ", r.str()));
+    }
+  }
+  ASSIGN_OR_RETURN(RedisReply inflight, redis->Command({"HGETALL", inflight_key}));
+  ASSIGN_OR_RETURN(RedisReply counts, redis->Command({"HGET", SweepKey(s.id), "jobs_done"}));
+  std::map<int64_t, std::string> fresh;
+  for (size_t i = 0; i + 1 < inflight.array().size(); i += 2) {
+    int64_t j = 0;
+    if (absl::SimpleAtoi(inflight.array()[i].str(), &j)) fresh[j] = inflight.array()[i + 1].str();
+  }
+  int64_t jobs_done = 0;
+  if (counts.is_string()) (void)absl::SimpleAtoi(counts.str(), &jobs_done);
+  {
+    absl::MutexLock lock(&mu_);
+    if (Terminal(s.state)) return absl::OkStatus();
+    // A job finished or enqueued meanwhile is set right on the next pass.
+    if (fresh.size() < s.inflight.size()) wake_scheduler_ = true;
+    s.inflight = std::move(fresh);
+    s.jobs_done = std::max(s.jobs_done, jobs_done);
+  }
+  MaybeFinish(s, redis.get());
+  return absl::OkStatus();
+}
+
 void Coordinator::Impl::SchedulerLoop() {
   absl::Time last_error_log = absl::InfinitePast();
+  absl::Time next_reconcile = absl::Now() + kReconcileInterval;
   while (true) {
+    if (absl::Now() >= next_reconcile) {
+      next_reconcile = absl::Now() + kReconcileInterval;
+      LoadMissingSweeps();
+      std::vector<std::shared_ptr<Sweep>> unfinished;
+      {
+        absl::MutexLock lock(&mu_);
+        if (shutdown_) return;
+        for (auto& [id, s] : sweeps_) {
+          if (!Terminal(s->state)) unfinished.push_back(s);
+        }
+      }
+      for (auto& s : unfinished) {
+        absl::Status st = Reconcile(*s);
+        if (!st.ok() && absl::Now() - last_error_log > absl::Seconds(10)) {
+          last_error_log = absl::Now();
+          Log(absl::StrCat("cannot check sweep ", s->name, " against Redis: ", st.ToString(), " (retrying)"));
+        }
+      }
+    }
     std::set<std::string> models;
     {
       absl::MutexLock lock(&mu_);

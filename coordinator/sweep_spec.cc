@@ -55,8 +55,24 @@ std::string Quote(std::string_view value) {
   return "\"" + shown + "\"";
 }
 
+// True when `value` nests more than `limit` arrays/objects deep; recurses at
+// most `limit` levels itself.
+bool NestsDeeperThan(const Json& value, int limit) {
+  if (!value.is_structured()) return false;
+  if (limit == 0) return true;
+  for (const Json& v : value) {
+    if (NestsDeeperThan(v, limit - 1)) return true;
+  }
+  return false;
+}
+
 std::string QuoteJson(const Json& value) {
   if (value.is_string()) return Quote(value.get_ref<const std::string&>());
+  // Found with the fuzz targets (tests/fuzz): dump() recurses once per nesting
+  // level and nlohmann parses any depth, so a spec_json like {"name": [[[...]]]}
+  // about 100000 levels deep (200 KB) overflowed the coordinator's stack while
+  // building this error message. Such values are not shown.
+  if (NestsDeeperThan(value, 32)) return value.is_array() ? "[...]" : "{...}";
   std::string dumped;
   try {
     dumped = value.dump();
@@ -477,9 +493,17 @@ absl::StatusOr<SweepSpec> FromJsonImpl(const Json& json, const SweepLimits& limi
 // YAML 1.2's core schema does, and keep quoted scalars strings. ----
 
 constexpr int64_t kMaxYamlNodes = 4'000'000;  // aliases can make a small file expand enormously
+// Found with the fuzz targets (tests/fuzz): an alias inside its own anchor
+// ("&a [*a]") makes yaml-cpp build a cyclic node, and the recursion below
+// overflowed the stack before the node budget ran out. A spec needs 3 levels.
+constexpr int kMaxYamlDepth = 64;
 
-absl::StatusOr<Json> YamlToJson(const YAML::Node& node, int64_t* budget) {
+absl::StatusOr<Json> YamlToJson(const YAML::Node& node, int64_t* budget, int depth = 0) {
   if (--*budget < 0) return absl::InvalidArgumentError("YAML document is too large (aliases expand too far?)");
+  if (depth > kMaxYamlDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("YAML document nests more than ", kMaxYamlDepth, " levels deep (an alias inside its own anchor?)"));
+  }
   switch (node.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined:
@@ -510,7 +534,7 @@ absl::StatusOr<Json> YamlToJson(const YAML::Node& node, int64_t* budget) {
     case YAML::NodeType::Sequence: {
       Json out = Json::array();
       for (const YAML::Node& child : node) {
-        ASSIGN_OR_RETURN(Json v, YamlToJson(child, budget));
+        ASSIGN_OR_RETURN(Json v, YamlToJson(child, budget, depth + 1));
         out.push_back(std::move(v));
       }
       return out;
@@ -527,7 +551,7 @@ absl::StatusOr<Json> YamlToJson(const YAML::Node& node, int64_t* budget) {
           return absl::InvalidArgumentError(
               absl::StrCat("line ", kv.first.Mark().line + 1, ": duplicate field \"", key, "\""));
         }
-        ASSIGN_OR_RETURN(Json v, YamlToJson(kv.second, budget));
+        ASSIGN_OR_RETURN(Json v, YamlToJson(kv.second, budget, depth + 1));
         out[key] = std::move(v);
       }
       return out;

@@ -569,5 +569,45 @@ TEST(SweepSpecTextTest, JsonSyntaxErrorsAndDuplicates) {
   EXPECT_THAT(spec->sizes, ElementsAre(Size{64, 64}));
 }
 
+// Found with the fuzz targets (input: tests/fuzz/regressions/fuzz_sweep_spec/
+// yaml-self-alias): an alias inside its own anchor makes a cyclic YAML node,
+// which recursed until the stack overflowed.
+TEST(SweepSpecTextTest, RecursiveYamlAliasIsAnErrorNotAStackOverflow) {
+  for (const char* yaml : {"name: &a [*a]\nmodel: m\nprompt: x\nseed: 1\n", "&a {name: *a}\n",
+                           "name: a\nmodel: m\nprompt: x\nseeds: &s [1, *s]\n"}) {
+    const auto spec = ParseSweepText(yaml, true, kLimits, 0);
+    ASSERT_FALSE(spec.ok()) << yaml;
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(spec.status().message()), HasSubstr("levels deep")) << yaml;
+  }
+  // Ordinary nesting well past what a spec uses still parses (and fails on types).
+  std::string nested = "name: a\nmodel: m\nprompt: x\nseed: 1\nsteps: " + std::string(40, '[') + std::string(40, ']');
+  EXPECT_THAT(std::string(ParseSweepText(nested, true, kLimits, 0).status().message()),
+              HasSubstr("expected an integer"));
+}
+
+// Found with the fuzz targets (input: tests/fuzz/regressions/fuzz_submit_request/
+// deep-nesting): the error message for a wrongly typed field dumped the value,
+// recursively, so a spec_json nested ~100000 levels deep crashed the coordinator.
+TEST(SweepSpecJsonTest, DeeplyNestedValueIsAnErrorNotAStackOverflow) {
+  constexpr int kDepth = 500000;
+  const std::string deep = std::string(kDepth, '[') + std::string(kDepth, ']');
+  for (const std::string& text : {R"({"name": )" + deep + R"(, "model": "m", "prompt": "x", "seed": 1})",
+                                  R"({"name": "a", "model": "m", "prompt": "x", "seed": 1, "sizes": [)" + deep + "]}",
+                                  R"({"name": "a", "model": "m", "prompt": "x", "seed": 1, "combine": )" + deep + "}"}) {
+    const Json json = Json::parse(text);  // nlohmann parses any depth without recursion
+    const auto spec = SweepSpec::FromJson(json, kLimits, 0);
+    ASSERT_FALSE(spec.ok());
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(spec.status().message()), HasSubstr("got [...]"));
+    // The text parser takes the same path.
+    EXPECT_THAT(std::string(ParseSweepText(text, false, kLimits, 0).status().message()), HasSubstr("got [...]"));
+  }
+  // Shallow values are still shown.
+  const auto spec = SweepSpec::FromJson(Json::parse(R"({"name": [[1]], "model": "m", "prompt": "x", "seed": 1})"),
+                                        kLimits, 0);
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("got [[1]]"));
+}
+
 }  // namespace
 }  // namespace sdfarm::coordinator

@@ -15,18 +15,21 @@
 namespace sdfarm::testing {
 namespace {
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string ReadAll(const std::string& path) { return ReadFileOrEmpty(path); }
 
 std::string Tail(const std::string& text, size_t n = 4000) {
   return text.size() <= n ? text : "..." + text.substr(text.size() - n);
 }
 
 }  // namespace
+
+std::string ReadFileOrEmpty(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 std::string SharedPath(const std::string& relative) { return std::string(SDFARM_SHARED_DIR) + "/" + relative; }
 
@@ -40,7 +43,7 @@ absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
   farm->output_root_ = farm->dir_ + "/out";
   farm->client_token_ = "client-" + std::to_string(getpid()) + "-secret";
   farm->worker_token_ = "worker-" + std::to_string(getpid()) + "-secret";
-  ASSIGN_OR_RETURN(farm->redis_, RedisServer::Start());
+  ASSIGN_OR_RETURN(farm->redis_, RedisServer::Start(farm->options_.redis));
   ASSIGN_OR_RETURN(farm->port_, PickFreePort());
   farm->address_ = absl::StrCat("127.0.0.1:", farm->port_);
   RETURN_IF_ERROR(farm->StartCoordinator());
@@ -54,6 +57,9 @@ absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
 }
 
 Farm::~Farm() {
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    if (workers_[i] && stopped_[i]) (void)workers_[i]->Signal(SIGCONT);  // a stopped child cannot drain
+  }
   for (auto& w : workers_) {
     if (w) w->Stop(absl::Seconds(5));
   }
@@ -67,21 +73,33 @@ Farm::~Farm() {
   }
 }
 
-absl::Status Farm::StartCoordinator() {
+absl::Status Farm::StartCoordinatorNoWait() {
   SpawnOptions o;
   o.argv = {SDFARM_COORDINATOR_BIN,
             "--listen", address_,
-            "--redis-url", redis_->url(),
+            "--redis-url", coordinator_redis_url_.empty() ? redis_->url() : coordinator_redis_url_,
+            "--worker-redis-url", redis_->url(),
             "--output-root", output_root_,
             "--lease", absl::StrCat(options_.lease_seconds),
             "--max-attempts", absl::StrCat(options_.max_attempts),
             "--job-size", absl::StrCat(options_.job_size)};
+  if (options_.window > 0) o.argv.insert(o.argv.end(), {"--window", absl::StrCat(options_.window)});
+  o.argv.insert(o.argv.end(), options_.coordinator_args.begin(), options_.coordinator_args.end());
   o.env = {{"SDFARM_CLIENT_TOKEN", client_token_}, {"SDFARM_WORKER_TOKEN", worker_token_}};
-  o.log_file = dir_ + "/coordinator.log";
+  o.log_file = coordinator_log_path();
   ASSIGN_OR_RETURN(coordinator_, Subprocess::Spawn(o));
-  absl::Status s = WaitForPort(port_, absl::Seconds(20));
-  if (!s.ok()) return absl::InternalError(absl::StrCat(s.message(), "\ncoordinator log:\n", Tail(ReadAll(o.log_file))));
   return absl::OkStatus();
+}
+
+absl::Status Farm::WaitForCoordinator(absl::Duration timeout) {
+  absl::Status s = WaitForPort(port_, timeout);
+  if (!s.ok()) return absl::InternalError(absl::StrCat(s.message(), "\ncoordinator log:\n", Tail(CoordinatorLog())));
+  return absl::OkStatus();
+}
+
+absl::Status Farm::StartCoordinator() {
+  RETURN_IF_ERROR(StartCoordinatorNoWait());
+  return WaitForCoordinator(absl::Seconds(20));
 }
 
 absl::Status Farm::StopCoordinator() {
@@ -99,22 +117,68 @@ absl::Status Farm::KillCoordinator() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> Farm::StartWorker() {
+absl::StatusOr<int> Farm::StartWorker() { return StartWorker(WorkerSpec()); }
+
+absl::StatusOr<int> Farm::StartWorker(const WorkerSpec& spec) {
   const int index = static_cast<int>(workers_.size());
   SpawnOptions o;
-  o.argv = {SDFARM_WORKER_BIN, "--coordinator", address_, "--model", options_.model_dir,
-            "--batch-size", absl::StrCat(options_.batch_size), "--worker-id", absl::StrCat("w", index),
+  o.argv = {SDFARM_WORKER_BIN, "--coordinator", address_,
+            "--model", spec.model_dir.empty() ? options_.model_dir : spec.model_dir,
+            "--batch-size", absl::StrCat(options_.batch_size), "--worker-id", WorkerId(index),
             "--threads", "1"};
-  if (!options_.engine.empty()) {
-    o.argv.insert(o.argv.end(), {"--engine", options_.engine, "--model-name", "tiny-sd"});
+  if (!options_.engine.empty()) o.argv.insert(o.argv.end(), {"--engine", options_.engine});
+  if (!spec.model_name.empty()) {
+    o.argv.insert(o.argv.end(), {"--model-name", spec.model_name});
+  } else if (!options_.engine.empty()) {
+    o.argv.insert(o.argv.end(), {"--model-name", "tiny-sd"});
   }
+  o.argv.insert(o.argv.end(), spec.extra_args.begin(), spec.extra_args.end());
   o.env = options_.worker_env;
+  o.env.insert(o.env.end(), spec.env.begin(), spec.env.end());
   o.env.push_back({"SDFARM_WORKER_TOKEN", worker_token_});
   o.env.push_back({"OMP_NUM_THREADS", "1"});
-  o.log_file = absl::StrCat(dir_, "/worker-", index, ".log");
+  o.log_file = worker_log_path(index);
   ASSIGN_OR_RETURN(auto p, Subprocess::Spawn(o));
   workers_.push_back(std::move(p));
+  stopped_.push_back(false);
   return index;
+}
+
+std::vector<int> Farm::RunningWorkers() {
+  std::vector<int> out;
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    if (workers_[i] && workers_[i]->running()) out.push_back(static_cast<int>(i));
+  }
+  return out;
+}
+
+absl::Status Farm::KillWorker(int i) {
+  if (i < 0 || i >= num_workers()) return absl::InvalidArgumentError(absl::StrCat("no worker ", i));
+  RETURN_IF_ERROR(workers_[i]->Signal(SIGKILL));
+  if (!workers_[i]->Wait(absl::Seconds(10)).has_value()) {
+    return absl::InternalError(absl::StrCat("worker ", i, " survived SIGKILL for 10 s"));
+  }
+  stopped_[i] = false;
+  return absl::OkStatus();
+}
+
+absl::Status Farm::StopWorker(int i) {
+  if (i < 0 || i >= num_workers()) return absl::InvalidArgumentError(absl::StrCat("no worker ", i));
+  RETURN_IF_ERROR(workers_[i]->Signal(SIGSTOP));
+  stopped_[i] = true;
+  return absl::OkStatus();
+}
+
+absl::Status Farm::ContinueWorker(int i) {
+  if (i < 0 || i >= num_workers()) return absl::InvalidArgumentError(absl::StrCat("no worker ", i));
+  RETURN_IF_ERROR(workers_[i]->Signal(SIGCONT));
+  stopped_[i] = false;
+  return absl::OkStatus();
+}
+
+absl::Status Farm::RestartRedis(bool crash) {
+  if (crash) RETURN_IF_ERROR(redis_->Kill());
+  return redis_->Restart();
 }
 
 absl::StatusOr<std::string> Farm::Submit(const std::string& spec_json) {
@@ -166,12 +230,16 @@ absl::StatusOr<sdfarm::v1::WorkersResponse> Farm::Workers() {
 }
 
 std::string Farm::Logs() const {
-  std::string out = "--- coordinator.log\n" + Tail(ReadAll(dir_ + "/coordinator.log"));
+  std::string out = "--- coordinator.log\n" + Tail(CoordinatorLog());
   for (size_t i = 0; i < workers_.size(); ++i) {
-    out += absl::StrCat("\n--- worker-", i, ".log\n", Tail(ReadAll(absl::StrCat(dir_, "/worker-", i, ".log")), 2000));
+    out += absl::StrCat("\n--- worker-", i, ".log\n", Tail(WorkerLog(static_cast<int>(i)), 2000));
   }
   return out;
 }
+
+std::string Farm::CoordinatorLog() const { return ReadAll(coordinator_log_path()); }
+std::string Farm::WorkerLog(int i) const { return ReadAll(worker_log_path(i)); }
+std::string Farm::worker_log_path(int i) const { return absl::StrCat(dir_, "/worker-", i, ".log"); }
 
 RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& env,
                      absl::Duration timeout) {

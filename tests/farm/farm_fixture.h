@@ -7,7 +7,12 @@
 //   ASSERT_OK_AND_ASSIGN(std::string id, farm->Submit(spec_json));
 //   ASSERT_OK_AND_ASSIGN(auto status, farm->WaitForState(id, sdfarm::v1::DONE, absl::Minutes(3)));
 //
-// Everything is stopped and removed by the destructor.
+// Chaos helpers: KillWorker (SIGKILL), StopWorker/ContinueWorker (SIGSTOP,
+// SIGCONT), RestartRedis (crash or clean stop, same port and AOF), the
+// coordinator's and each worker's log. Worker i runs as "w<i>".
+//
+// Everything is stopped and removed by the destructor (SDFARM_KEEP_TEST_DIRS=1
+// keeps the temp dir with its logs and outputs).
 #ifndef SDFARM_TESTS_FARM_FARM_FIXTURE_H_
 #define SDFARM_TESTS_FARM_FARM_FIXTURE_H_
 
@@ -35,6 +40,17 @@ struct FarmOptions {
   int max_attempts = 3;
   int job_size = 4;
   std::vector<std::pair<std::string, std::string>> worker_env;  // e.g. SDFARM_TEST_FAIL_PROMPT
+  int window = 0;                                // coordinator --window; 0: its default
+  std::vector<std::string> coordinator_args;     // more coordinator flags
+  RedisServerOptions redis;                      // e.g. maxmemory_policy
+};
+
+// Overrides for one worker (StartWorker(spec)).
+struct WorkerSpec {
+  std::string model_dir;   // default: FarmOptions::model_dir
+  std::string model_name;  // --model-name; default: the folder's name ("tiny-sd" for the synthetic engine)
+  std::vector<std::string> extra_args;
+  std::vector<std::pair<std::string, std::string>> env;  // after FarmOptions::worker_env
 };
 
 class Farm {
@@ -43,14 +59,39 @@ class Farm {
   ~Farm();
 
   // Coordinator lifecycle (same port, same Redis, same output root).
+  // StartCoordinator waits until it serves; StartCoordinatorNoWait does not
+  // (then WaitForCoordinator). Children die with the thread that started
+  // them (PR_SET_PDEATHSIG): start them from a thread that outlives them.
   absl::Status StartCoordinator();
+  absl::Status StartCoordinatorNoWait();
+  absl::Status WaitForCoordinator(absl::Duration timeout);
   absl::Status StopCoordinator();  // SIGTERM
   absl::Status KillCoordinator();  // SIGKILL
-  // Starts one more worker; returns its index.
+  // The Redis URL the coordinator is started with from now on (e.g. through
+  // a TcpProxy); workers are still handed redis()->url(). "": redis()->url().
+  void set_coordinator_redis_url(std::string url) { coordinator_redis_url_ = std::move(url); }
+  // The coordinator's process (nullptr while stopped).
+  Subprocess* coordinator() { return coordinator_.get(); }
+
+  // Starts one more worker; returns its index. Its id is WorkerId(index).
   absl::StatusOr<int> StartWorker();
+  absl::StatusOr<int> StartWorker(const WorkerSpec& spec);
   Subprocess* worker(int i) { return workers_[i].get(); }
   int num_workers() const { return static_cast<int>(workers_.size()); }
+  static std::string WorkerId(int i) { return "w" + std::to_string(i); }
+  // Indexes of the workers still running (not reaped).
+  std::vector<int> RunningWorkers();
+  // SIGKILL and reap (a crash: its job is redelivered after the lease).
+  absl::Status KillWorker(int i);
+  // SIGSTOP / SIGCONT (a frozen machine, a long GC pause).
+  absl::Status StopWorker(int i);
+  absl::Status ContinueWorker(int i);
+
   RedisServer* redis() { return redis_.get(); }
+  // Restarts redis-server on the same port and data dir: crash = SIGKILL
+  // (what was acknowledged survives through the AOF, appendfsync always),
+  // else SIGTERM. Waits until it answers PING again.
+  absl::Status RestartRedis(bool crash = true);
 
   const std::string& address() const { return address_; }
   const std::string& output_root() const { return output_root_; }
@@ -70,16 +111,22 @@ class Farm {
   absl::StatusOr<sdfarm::v1::WorkersResponse> Workers();
   // Every log of the farm (coordinator, workers), for failure messages.
   std::string Logs() const;
+  // Whole logs. The coordinator's spans its restarts (appended).
+  std::string CoordinatorLog() const;
+  std::string WorkerLog(int i) const;
+  std::string coordinator_log_path() const { return dir_ + "/coordinator.log"; }
+  std::string worker_log_path(int i) const;
 
  private:
   explicit Farm(FarmOptions options) : options_(std::move(options)) {}
 
   FarmOptions options_;
-  std::string dir_, output_root_, address_, client_token_, worker_token_;
+  std::string dir_, output_root_, address_, client_token_, worker_token_, coordinator_redis_url_;
   int port_ = 0;
   std::unique_ptr<RedisServer> redis_;
   std::unique_ptr<Subprocess> coordinator_;
   std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::vector<bool> stopped_;  // SIGSTOPped, not continued yet
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<sdfarm::v1::ClientService::Stub> client_;
 };
@@ -91,6 +138,9 @@ struct RunResult {
 };
 RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& env,
                      absl::Duration timeout);
+
+// The whole file ("" when it cannot be read).
+std::string ReadFileOrEmpty(const std::string& path);
 
 }  // namespace sdfarm::testing
 

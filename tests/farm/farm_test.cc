@@ -269,6 +269,19 @@ TEST(FarmTest, AJobThatAlwaysFailsIsDeadLetteredAndTheRestCompletes) {
   ASSERT_TRUE(failures.ok());
   ASSERT_EQ(failures->array().size(), 2u);
   EXPECT_EQ(failures->array()[1].str(), "3");
+  // Retried elsewhere: the failing worker leaves the job to the other one
+  // first, so its three attempts ran on both workers.
+  const std::string log = farm->CoordinatorLog();
+  std::set<std::string> tried_on;
+  for (const std::string w : {"w0", "w1"}) {
+    if (log.find("failed on " + w + " (attempt") != std::string::npos ||
+        log.find("dead-lettered after failing on " + w) != std::string::npos) {
+      tried_on.insert(w);
+    }
+  }
+  EXPECT_EQ(tried_on.size(), 2u) << log;
+  EXPECT_NE(log.find("(attempt 1 of 3)"), std::string::npos) << log;
+  EXPECT_NE(log.find("(attempt 2 of 3)"), std::string::npos) << log;
 }
 
 TEST(FarmTest, CallsWithoutTheRightTokenAreRejected) {

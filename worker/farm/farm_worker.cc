@@ -114,6 +114,9 @@ struct FarmWorker::ActiveJob {
 
   const std::string stream_id, job_id;
   std::atomic<bool> stopped{false};
+  // The final message (done or failed) is being sent: from now on the job
+  // may stop being pending because the coordinator acknowledged it.
+  std::atomic<bool> finishing{false};
   mutable absl::Mutex mu;
   std::string reason ABSL_GUARDED_BY(mu);
   grpc::ClientContext* call ABSL_GUARDED_BY(mu) = nullptr;
@@ -157,6 +160,7 @@ class FarmWorker::Reporter {
   Outcome Finish(v1::JobReport final_message) {
     kept_.push_back(Envelope());
     kept_.back().MergeFrom(final_message);
+    job_->finishing.store(true);
     const FarmWorkerOptions& o = worker_->options_;
     if (!job_->stopped.load()) {
       const bool sent = live_ ? WriteLive(kept_.back()) : (!live_broken_ && OpenLive() && WriteAllKept());
@@ -182,8 +186,12 @@ class FarmWorker::Reporter {
                                 "); sending it again in ", absl::FormatDuration(backoff), " (attempt ",
                                 attempt + 1, ")"));
       if (last_error_.code() == absl::StatusCode::kNotFound) worker_->RequestHeartbeat();
-      if (worker_->abort_notification_.WaitForNotificationWithTimeout(backoff)) {
-        return {Outcome::kStopped, {}, "worker stopping"};
+      // The backoff; cut short when the coordinator was away and is back.
+      const bool was_connected = worker_->channel_->GetState(false) == GRPC_CHANNEL_READY;
+      if (was_connected || !worker_->WaitForCoordinator(backoff, worker_->abort_notification_)) {
+        if (worker_->abort_notification_.WaitForNotificationWithTimeout(was_connected ? backoff : absl::ZeroDuration())) {
+          return {Outcome::kStopped, {}, "worker stopping"};
+        }
       }
       backoff = std::min(backoff * 2, o.max_backoff);
       if (job_->stopped.load()) return {Outcome::kStopped, {}, job_->Reason()};
@@ -349,6 +357,18 @@ void FarmWorker::RequestHeartbeat() {
   keeper_cv_.Signal();
 }
 
+bool FarmWorker::WaitForCoordinator(absl::Duration d, absl::Notification& stop) {
+  const absl::Time deadline = absl::Now() + d;
+  while (!stop.HasBeenNotified()) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) break;
+    if (channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + std::min(left, absl::Milliseconds(200))))) {
+      return true;
+    }
+  }
+  return channel_->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
+}
+
 bool FarmWorker::SleepUnlessDraining(absl::Duration d) {
   return !drain_notification_.WaitForNotificationWithTimeout(d);
 }
@@ -427,7 +447,12 @@ absl::Status FarmWorker::RegisterAtStart() {
       Log(absl::StrCat("waiting for the coordinator at ", options_.coordinator, ": ", reg.status().message()));
       logged_wait = true;
     }
-    if (!SleepUnlessDraining(backoff)) return absl::OkStatus();  // stopped before registering
+    // The backoff; cut short when the coordinator was away and is back.
+    const bool was_connected = channel_->GetState(false) == GRPC_CHANNEL_READY;
+    if (was_connected || !WaitForCoordinator(backoff, drain_notification_)) {
+      if (!SleepUnlessDraining(was_connected ? backoff : absl::ZeroDuration())) return absl::OkStatus();
+    }
+    if (draining_.load()) return absl::OkStatus();  // stopped before registering
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
@@ -498,8 +523,31 @@ absl::StatusOr<std::optional<QueuedJob>> FarmWorker::NextJob(JobQueue& queue) {
     absl::MutexLock lock(&mu_);
     reg = registration_;
   }
-  ASSIGN_OR_RETURN(std::vector<QueuedJob> reclaimed, queue.ReclaimExpired(model_, reg.worker_id, reg.lease, 1));
-  if (!reclaimed.empty()) return std::optional<QueuedJob>(std::move(reclaimed.front()));
+  // A job this worker failed goes to another worker first ("retried
+  // elsewhere"): the coordinator releases it for reclaiming at once, and this
+  // worker, free first, would take it straight back. So for one lease after
+  // the failure it does not reclaim while that job waits to be reclaimed;
+  // after that it takes it too (a farm of one worker still retries it).
+  bool leave_reclaims = false;
+  const absl::Time now = absl::Now();
+  for (auto it = failed_here_.begin(); it != failed_here_.end();) {
+    if (it->second <= now) {
+      it = failed_here_.erase(it);
+      continue;
+    }
+    auto p = redis_->Command({"XPENDING", queue.StreamKey(model_), JobQueue::kGroup, "IDLE",
+                              absl::StrCat(absl::ToInt64Milliseconds(reg.lease)), it->first, it->first, "1"});
+    if (p.ok() && p->array().empty()) {
+      it = failed_here_.erase(it);  // taken (or finished) by another worker
+      continue;
+    }
+    leave_reclaims = true;
+    ++it;
+  }
+  if (!leave_reclaims) {
+    ASSIGN_OR_RETURN(std::vector<QueuedJob> reclaimed, queue.ReclaimExpired(model_, reg.worker_id, reg.lease, 1));
+    if (!reclaimed.empty()) return std::optional<QueuedJob>(std::move(reclaimed.front()));
+  }
   return queue.Claim(model_, reg.worker_id, options_.claim_wait);
 }
 
@@ -598,6 +646,7 @@ void FarmWorker::ProcessJob(const QueuedJob& queued) {
       } else {
         delta.jobs_failed = 1;
         line = absl::StrCat("job ", queued.job_id, ": failure reported");
+        if (final_message->failed().retryable()) failed_here_[queued.stream_id] = absl::Now() + reg.lease;
       }
       break;
     case Reporter::Outcome::kStopped:
@@ -854,6 +903,12 @@ void FarmWorker::RenewLease(const std::shared_ptr<ActiveJob>& job, const Registr
     renew_failing_ = false;
     return;
   }
+  if (s.code() == absl::StatusCode::kNotFound && job->finishing.load()) {
+    // Most likely acknowledged from this very report (the coordinator acks
+    // before it answers, and the answer may also have been lost with a broken
+    // stream): the report goes on, and its answer says whether it counted.
+    return;
+  }
   if (s.code() == absl::StatusCode::kNotFound || s.code() == absl::StatusCode::kFailedPrecondition) {
     job->Stop(absl::StrCat("lost lease: ", s.message()));
     return;
@@ -877,6 +932,12 @@ void FarmWorker::SendHeartbeat(const std::shared_ptr<ActiveJob>& job, const Regi
   // Bounded by the renewal period too: this thread renews the lease as well.
   PrepareContext(&ctx, options_.token,
                  std::min({options_.rpc_timeout, absl::Seconds(5), std::max(reg.lease / 3, absl::Milliseconds(500))}));
+  // Waits (within the deadline) for a connection instead of failing at once
+  // while the channel is in TRANSIENT_FAILURE. This also keeps the channel
+  // reconnecting: with gRPC 1.51 a channel whose coordinator went away and
+  // came back is otherwise reconnected only every 5-10 s by fail-fast calls,
+  // and every report and heartbeat of that time fails.
+  ctx.set_wait_for_ready(true);
   {
     absl::MutexLock lock(&mu_);
     if (keeper_stop_) return;
@@ -892,7 +953,11 @@ void FarmWorker::SendHeartbeat(const std::shared_ptr<ActiveJob>& job, const Regi
     coordinator_unreachable_ = false;
     if (job) {
       for (const std::string& id : resp.lost_job_stream_ids()) {
-        if (id == job->stream_id) job->Stop("lost lease: the coordinator says another worker holds it");
+        // (Not while finishing: the job may just have been acknowledged from
+        // its own report; the report's answer tells.)
+        if (id == job->stream_id && !job->finishing.load()) {
+          job->Stop("lost lease: the coordinator says another worker holds it");
+        }
       }
       for (const std::string& id : resp.cancelled_job_stream_ids()) {
         if (id == job->stream_id) job->Stop("its sweep was cancelled");

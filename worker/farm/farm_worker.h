@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -152,6 +153,11 @@ class FarmWorker {
 
   // Sleeps up to `d`; returns early (false) when draining starts.
   bool SleepUnlessDraining(absl::Duration d);
+  // Waits up to `d` for a connection to the coordinator, returning early once
+  // the channel is READY or `stop` is notified; true when READY. (Waiting
+  // this way also makes the channel reconnect: gRPC 1.51 retries a channel in
+  // TRANSIENT_FAILURE only every 5-10 s for fail-fast calls.)
+  bool WaitForCoordinator(absl::Duration d, absl::Notification& stop);
 
   const FarmWorkerOptions options_;
   const std::unique_ptr<Renderer> renderer_;
@@ -159,6 +165,9 @@ class FarmWorker {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<sdfarm::v1::WorkerService::Stub> stub_;  // thread-safe
   std::unique_ptr<RedisClient> redis_;                    // the main thread's
+  // Main thread: jobs (stream ids) this worker failed, retryable, and until
+  // when it leaves them to the other workers (see NextJob).
+  std::map<std::string, absl::Time> failed_here_;
 
   std::atomic<bool> draining_{false}, aborting_{false};
   absl::Notification drain_notification_, abort_notification_;
