@@ -305,7 +305,13 @@ absl::Status RedisClient::Reconnect() {
     argv.push_back(options_.password);
     RETURN_IF_ERROR(handshake(std::move(argv)));
   }
-  if (options_.db != 0) RETURN_IF_ERROR(handshake({"SELECT", absl::StrCat(options_.db)}));
+  if (options_.db != 0) {
+    RETURN_IF_ERROR(handshake({"SELECT", absl::StrCat(options_.db)}));
+  } else if (options_.password.empty()) {
+    // A server that wants a password accepts the connection and refuses each
+    // command (NOAUTH): find out now, as a connect error, not at the first use.
+    RETURN_IF_ERROR(handshake({"PING"}));
+  }
   return absl::OkStatus();
 }
 

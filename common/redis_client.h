@@ -115,8 +115,9 @@ class RedisReply {
 class RedisClient {
  public:
   // Connects (bounded by connect_timeout), then AUTH and SELECT as the options
-  // say. Unavailable when the server cannot be reached, Unauthenticated when
-  // the password is wrong.
+  // say (PING when neither, so every connect talks to the server once).
+  // Unavailable when the server cannot be reached, Unauthenticated when the
+  // password is wrong or missing.
   static absl::StatusOr<std::unique_ptr<RedisClient>> Connect(const RedisOptions& options);
 
   ~RedisClient();

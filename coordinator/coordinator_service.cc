@@ -83,7 +83,17 @@ class RedisPool {
       }
     }
     auto c = RedisClient::Connect(options_);
-    if (!c.ok()) return absl::UnavailableError(absl::StrCat("Redis: ", c.status().message()));
+    if (!c.ok()) {
+      const absl::StatusCode code = c.status().code();
+      // Refused credentials are a configuration error, not an outage: no
+      // retrying cures them (and UNAUTHENTICATED would blame the caller's token).
+      if (code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("Redis refuses the coordinator's credentials (check the password in --redis-url): ",
+                         c.status().message()));
+      }
+      return absl::UnavailableError(absl::StrCat("Redis: ", c.status().message()));
+    }
     return Handle(this, std::move(*c));
   }
 
@@ -332,6 +342,9 @@ struct WorkerRecord {
 constexpr size_t kRecentEvents = 4096;
 // How often the scheduler checks each unfinished sweep against Redis.
 constexpr absl::Duration kReconcileInterval = absl::Seconds(2);
+// Largest spec_json a Submit may carry (100,000 prompts of 300 characters).
+constexpr size_t kMaxSpecBytes = size_t{32} << 20;
+
 // How long start-up waits for Redis to answer.
 constexpr absl::Duration kStartupRedisWait = absl::Seconds(60);
 
@@ -736,6 +749,12 @@ void Coordinator::Impl::MaybeFinish(Sweep& s, RedisClient* redis) {
 // ------------------------------------------------------------ client calls --
 
 grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitResponse* resp) {
+  // Checked before parsing: a JSON document costs many times its size in memory.
+  if (req.spec_json().size() > kMaxSpecBytes) {
+    return {grpc::StatusCode::INVALID_ARGUMENT,
+            absl::StrCat("the sweep spec is ", req.spec_json().size() >> 20, " MiB; the limit is ", kMaxSpecBytes >> 20,
+                         " MiB (split it into several sweeps)")};
+  }
   nlohmann::json json = nlohmann::json::parse(req.spec_json(), nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) {
     return {grpc::StatusCode::INVALID_ARGUMENT, "spec_json is not a JSON object"};

@@ -17,14 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-#define BAD_ASSERT_OK_AND_ASSIGN(lhs, rexpr) BAD_ASSERT_OK_AND_ASSIGN_IMPL_(BAD_CONCAT_(so_, __LINE__), lhs, rexpr)
-#define BAD_CONCAT_INNER_(a, b) a##b
-#define BAD_CONCAT_(a, b) BAD_CONCAT_INNER_(a, b)
-#define BAD_ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, rexpr) \
-  auto tmp = (rexpr);                                   \
-  ASSERT_TRUE(tmp.ok()) << tmp.status().ToString();     \
-  lhs = std::move(tmp).value()
-
 constexpr char kUnetWeights[] = "unet/diffusion_pytorch_model.safetensors";
 
 // A writable copy of the tiny model under the farm's temp dir (the fixtures
@@ -46,11 +38,11 @@ int RegisteredWorkers(Farm& farm) {
 }
 
 TEST(BadModelTest, ATruncatedModelFileStopsTheWorkerBeforeItRegisters) {
-  BAD_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
   const std::string model = CopyTinyModel(*farm, "tiny-sd");
   const std::string weights = model + "/" + kUnetWeights;
   fs::resize_file(weights, fs::file_size(weights) / 2);
-  BAD_ASSERT_OK_AND_ASSIGN(int w, farm->StartWorker({.model_dir = model}));
+  FARM_ASSERT_OK_AND_ASSIGN(int w, farm->StartWorker({.model_dir = model}));
   const std::optional<int> code = farm->worker(w)->Wait(absl::Seconds(60));
   const std::string log = farm->WorkerLog(w);
   ASSERT_TRUE(code.has_value()) << log;
@@ -62,7 +54,7 @@ TEST(BadModelTest, ATruncatedModelFileStopsTheWorkerBeforeItRegisters) {
 }
 
 TEST(BadModelTest, AHeaderThatLiesAboutItsSizeStopsTheWorker) {
-  BAD_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
   const std::string model = CopyTinyModel(*farm, "tiny-sd");
   {
     // The first 8 bytes: the JSON header's length. Claim more than the file holds.
@@ -70,7 +62,7 @@ TEST(BadModelTest, AHeaderThatLiesAboutItsSizeStopsTheWorker) {
     const uint64_t huge = uint64_t{1} << 40;
     f.write(reinterpret_cast<const char*>(&huge), sizeof(huge));
   }
-  BAD_ASSERT_OK_AND_ASSIGN(int w, farm->StartWorker({.model_dir = model}));
+  FARM_ASSERT_OK_AND_ASSIGN(int w, farm->StartWorker({.model_dir = model}));
   const std::optional<int> code = farm->worker(w)->Wait(absl::Seconds(60));
   const std::string log = farm->WorkerLog(w);
   ASSERT_TRUE(code.has_value()) << log;
@@ -83,7 +75,7 @@ TEST(BadModelTest, AHeaderThatLiesAboutItsSizeStopsTheWorker) {
 // coordinator refuses the registration (FAILED_PRECONDITION) and the worker
 // exits 1 saying why; under another name the same weights are welcome.
 TEST(BadModelTest, OtherWeightsUnderATakenModelNameAreRefused) {
-  BAD_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 1}));
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 1}));
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (RegisteredWorkers(*farm) < 1 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(100));
   ASSERT_EQ(RegisteredWorkers(*farm), 1) << farm->Logs();
@@ -100,7 +92,7 @@ TEST(BadModelTest, OtherWeightsUnderATakenModelNameAreRefused) {
     c = static_cast<char>(c ^ 0x01);
     f.write(&c, 1);
   }
-  BAD_ASSERT_OK_AND_ASSIGN(int w, farm->StartWorker({.model_dir = model, .model_name = "tiny-sd"}));
+  FARM_ASSERT_OK_AND_ASSIGN(int w, farm->StartWorker({.model_dir = model, .model_name = "tiny-sd"}));
   const std::optional<int> code = farm->worker(w)->Wait(absl::Seconds(60));
   const std::string log = farm->WorkerLog(w);
   ASSERT_TRUE(code.has_value()) << log;
@@ -110,7 +102,7 @@ TEST(BadModelTest, OtherWeightsUnderATakenModelNameAreRefused) {
   EXPECT_TRUE(absl::StrContains(farm->CoordinatorLog(), "registered")) << farm->CoordinatorLog();
   EXPECT_EQ(RegisteredWorkers(*farm), 1);
 
-  BAD_ASSERT_OK_AND_ASSIGN(int renamed, farm->StartWorker({.model_dir = model, .model_name = "tiny-sd-retrained"}));
+  FARM_ASSERT_OK_AND_ASSIGN(int renamed, farm->StartWorker({.model_dir = model, .model_name = "tiny-sd-retrained"}));
   const absl::Time deadline2 = absl::Now() + absl::Seconds(60);
   while (RegisteredWorkers(*farm) < 2 && absl::Now() < deadline2) absl::SleepFor(absl::Milliseconds(100));
   EXPECT_EQ(RegisteredWorkers(*farm), 2) << farm->WorkerLog(renamed);

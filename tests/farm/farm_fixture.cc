@@ -33,13 +33,22 @@ std::string ReadFileOrEmpty(const std::string& path) {
 
 std::string SharedPath(const std::string& relative) { return std::string(SDFARM_SHARED_DIR) + "/" + relative; }
 
+std::string TempRoot() {
+  const char* tmp = std::getenv("TMPDIR");
+  return tmp && *tmp ? tmp : "/tmp";
+}
+
+std::string MakeTempDir(const std::string& tag) {
+  std::string templ = absl::StrCat(TempRoot(), "/sdfarm-", tag, "-XXXXXX");
+  if (mkdtemp(templ.data()) == nullptr) return "";
+  return templ;
+}
+
 absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
   std::unique_ptr<Farm> farm(new Farm(std::move(options)));
   if (farm->options_.model_dir.empty()) farm->options_.model_dir = SharedPath("models/tiny-sd");
-  const char* tmp = std::getenv("TMPDIR");
-  std::string templ = absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/sdfarm-farm-XXXXXX");
-  if (mkdtemp(templ.data()) == nullptr) return absl::InternalError("mkdtemp failed");
-  farm->dir_ = templ;
+  farm->dir_ = MakeTempDir("farm");
+  if (farm->dir_.empty()) return absl::InternalError(absl::StrCat("mkdtemp under ", TempRoot(), " failed"));
   farm->output_root_ = farm->dir_ + "/out";
   farm->client_token_ = "client-" + std::to_string(getpid()) + "-secret";
   farm->worker_token_ = "worker-" + std::to_string(getpid()) + "-secret";
@@ -244,9 +253,13 @@ std::string Farm::worker_log_path(int i) const { return absl::StrCat(dir_, "/wor
 RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& env,
                      absl::Duration timeout) {
   RunResult result;
-  char templ[] = "/tmp/sdfarm-run-XXXXXX";
+  std::string templ_storage = TempRoot() + "/sdfarm-run-XXXXXX";
+  char* templ = templ_storage.data();
   int fd = mkstemp(templ);
-  if (fd < 0) return result;
+  if (fd < 0) {
+    result.output = "mkstemp under " + TempRoot() + " failed";
+    return result;
+  }
   close(fd);
   SpawnOptions o;
   o.argv = argv;

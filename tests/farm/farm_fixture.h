@@ -27,9 +27,24 @@
 #include "sdfarm.grpc.pb.h"
 #include "tests/common/redis_server_fixture.h"
 
+// ASSERT that a StatusOr expression is ok and move its value into `lhs`
+// (which may declare it: FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start(...))).
+#define FARM_ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
+  FARM_ASSERT_OK_AND_ASSIGN_IMPL_(SDFARM_FARM_CONCAT_(so_, __LINE__), lhs, rexpr)
+#define SDFARM_FARM_CONCAT_INNER_(a, b) a##b
+#define SDFARM_FARM_CONCAT_(a, b) SDFARM_FARM_CONCAT_INNER_(a, b)
+#define FARM_ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, rexpr) \
+  auto tmp = (rexpr);                                   \
+  ASSERT_TRUE(tmp.ok()) << tmp.status().ToString();     \
+  lhs = std::move(tmp).value()
+
 namespace sdfarm::testing {
 
 std::string SharedPath(const std::string& relative);  // under SDFARM_SHARED_DIR
+// $TMPDIR, else /tmp (the sanitizer wrapper points TMPDIR at a folder it checks).
+std::string TempRoot();
+// A fresh folder <TempRoot()>/sdfarm-<tag>-XXXXXX; "" when mkdtemp fails.
+std::string MakeTempDir(const std::string& tag);
 
 struct FarmOptions {
   int workers = 2;

@@ -30,15 +30,6 @@ namespace pb = ::sdfarm::v1;
 using coordinator::JobQueue;
 using nlohmann::json;
 
-#define REDIS_ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
-  REDIS_ASSERT_OK_AND_ASSIGN_IMPL_(REDIS_CONCAT_(so_, __LINE__), lhs, rexpr)
-#define REDIS_CONCAT_INNER_(a, b) a##b
-#define REDIS_CONCAT_(a, b) REDIS_CONCAT_INNER_(a, b)
-#define REDIS_ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, rexpr) \
-  auto tmp = (rexpr);                                     \
-  ASSERT_TRUE(tmp.ok()) << tmp.status().ToString();       \
-  lhs = std::move(tmp).value()
-
 constexpr char kStream[] = "sdfarm:jobs:tiny-sd";
 
 int64_t Int(RedisClient& r, const std::vector<std::string>& argv) {
@@ -110,15 +101,15 @@ absl::StatusOr<std::string> SubmitWithRequestId(Farm& farm, const json& spec, co
 // group's pending list. The coordinator must notice that jobs it holds in
 // flight have no stream entry any more and enqueue them again.
 TEST(RedisSemanticsTest, ATrimmedJobStreamDropsNoJob) {
-  REDIS_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .engine = "synthetic:100", .lease_seconds = 3,
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .engine = "synthetic:100", .lease_seconds = 3,
                                                      .job_size = 2}));
   const json spec = SmallSpec("trimmed", 20, 10);  // 10 jobs of 2 images, ~1 s each
-  REDIS_ASSERT_OK_AND_ASSIGN(std::string id, farm->Submit(spec.dump()));
-  REDIS_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
+  FARM_ASSERT_OK_AND_ASSIGN(std::string id, farm->Submit(spec.dump()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
   ASSERT_TRUE(WaitFor([&] { return Int(*redis, {"XLEN", kStream}) >= 2; }, absl::Seconds(20))) << farm->Logs();
 
   // One worker takes a job; then the stream is trimmed to nothing under it.
-  REDIS_ASSERT_OK_AND_ASSIGN(int w0, farm->StartWorker());
+  FARM_ASSERT_OK_AND_ASSIGN(int w0, farm->StartWorker());
   (void)w0;
   ASSERT_TRUE(WaitFor([&] { return PendingCount(*redis, kStream) >= 1; }, absl::Seconds(30))) << farm->Logs();
   const int64_t trimmed = Int(*redis, {"XTRIM", kStream, "MAXLEN", "0"});
@@ -127,7 +118,7 @@ TEST(RedisSemanticsTest, ATrimmedJobStreamDropsNoJob) {
   EXPECT_GE(PendingCount(*redis, kStream), 1);  // the pending list keeps the deleted job's id
 
   // Once more later, with other jobs waiting and in flight.
-  REDIS_ASSERT_OK_AND_ASSIGN(int w1, farm->StartWorker());
+  FARM_ASSERT_OK_AND_ASSIGN(int w1, farm->StartWorker());
   (void)w1;
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -138,7 +129,7 @@ TEST(RedisSemanticsTest, ATrimmedJobStreamDropsNoJob) {
       << farm->Logs();
   EXPECT_GE(Int(*redis, {"XTRIM", kStream, "MAXLEN", "0"}), 0);
 
-  REDIS_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(90)));
+  FARM_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(90)));
   EXPECT_EQ(st.done(), 20) << farm->Logs();
   EXPECT_EQ(st.failed(), 0);
   EXPECT_EQ(st.jobs_done(), 10);
@@ -154,12 +145,12 @@ TEST(RedisSemanticsTest, ATrimmedJobStreamDropsNoJob) {
 // exactly once; the next call reconnects. A connection killed before the
 // command ran (CLIENT KILL while the server holds it) leaves no effect.
 TEST(RedisSemanticsTest, ABrokenConnectionRepeatsNoSideEffect) {
-  REDIS_ASSERT_OK_AND_ASSIGN(auto server, RedisServer::Start());
-  REDIS_ASSERT_OK_AND_ASSIGN(auto proxy, TcpProxy::Start(server->port()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto server, RedisServer::Start());
+  FARM_ASSERT_OK_AND_ASSIGN(auto proxy, TcpProxy::Start(server->port()));
   RedisOptions via = server->client_options();
   via.port = proxy->port();
-  REDIS_ASSERT_OK_AND_ASSIGN(auto admin, RedisClient::Connect(server->client_options()));
-  REDIS_ASSERT_OK_AND_ASSIGN(auto client, RedisClient::Connect(via));
+  FARM_ASSERT_OK_AND_ASSIGN(auto admin, RedisClient::Connect(server->client_options()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto client, RedisClient::Connect(via));
   JobQueue direct(admin.get());
   JobQueue q(client.get());
   ASSERT_TRUE(direct.EnsureGroup("m").ok());
@@ -175,7 +166,7 @@ TEST(RedisSemanticsTest, ABrokenConnectionRepeatsNoSideEffect) {
   EXPECT_EQ(Int(*admin, {"XLEN", stream}), 2);
 
   // The reply to an ack is lost: acked once; asking again finds nothing to ack.
-  REDIS_ASSERT_OK_AND_ASSIGN(auto job, direct.Claim("m", "w", absl::ZeroDuration()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto job, direct.Claim("m", "w", absl::ZeroDuration()));
   ASSERT_TRUE(job.has_value());
   EXPECT_EQ(job->job_id, "s/0");
   proxy->DropNextReply();
@@ -183,7 +174,7 @@ TEST(RedisSemanticsTest, ABrokenConnectionRepeatsNoSideEffect) {
   EXPECT_EQ(acked.status().code(), absl::StatusCode::kUnavailable) << acked.status();
   EXPECT_EQ(PendingCount(*admin, stream), 0);
   EXPECT_EQ(Int(*admin, {"XLEN", stream}), 1);
-  REDIS_ASSERT_OK_AND_ASSIGN(bool again, q.AckIfOwner("m", "w", job->stream_id));
+  FARM_ASSERT_OK_AND_ASSIGN(bool again, q.AckIfOwner("m", "w", job->stream_id));
   EXPECT_FALSE(again);
 
   // The reply to a counter script (the coordinator's jobs_done pattern) is lost.
@@ -193,7 +184,7 @@ TEST(RedisSemanticsTest, ABrokenConnectionRepeatsNoSideEffect) {
 
   // CLIENT KILL between two calls: the next call finds the connection closed,
   // reconnects before sending, and runs once.
-  REDIS_ASSERT_OK_AND_ASSIGN(RedisReply cid, client->Command({"CLIENT", "ID"}));
+  FARM_ASSERT_OK_AND_ASSIGN(RedisReply cid, client->Command({"CLIENT", "ID"}));
   const int connects = client->connects();
   ASSERT_TRUE(admin->Command({"CLIENT", "KILL", "ID", absl::StrCat(cid.AsInt().value_or(0))}).ok());
   absl::SleepFor(absl::Milliseconds(100));  // the proxy passes the close on
@@ -203,7 +194,7 @@ TEST(RedisSemanticsTest, ABrokenConnectionRepeatsNoSideEffect) {
 
   // CLIENT KILL while the command waits in the server (writes paused): it
   // never runs, the call fails, and it is not sent again.
-  REDIS_ASSERT_OK_AND_ASSIGN(cid, client->Command({"CLIENT", "ID"}));
+  FARM_ASSERT_OK_AND_ASSIGN(cid, client->Command({"CLIENT", "ID"}));
   ASSERT_TRUE(admin->Command({"CLIENT", "PAUSE", "5000", "WRITE"}).ok());
   absl::Status mid_call;
   std::thread caller([&] { mid_call = q.Enqueue("m", "s/3", "{}").status(); });
@@ -214,7 +205,7 @@ TEST(RedisSemanticsTest, ABrokenConnectionRepeatsNoSideEffect) {
   EXPECT_EQ(mid_call.code(), absl::StatusCode::kUnavailable) << mid_call;
   absl::SleepFor(absl::Milliseconds(100));
   EXPECT_EQ(Int(*admin, {"XLEN", stream}), 2);
-  REDIS_ASSERT_OK_AND_ASSIGN(RedisReply all, admin->Command({"XRANGE", stream, "-", "+"}));
+  FARM_ASSERT_OK_AND_ASSIGN(RedisReply all, admin->Command({"XRANGE", stream, "-", "+"}));
   EXPECT_FALSE(absl::StrContains(all.DebugString(), "s/3")) << all.DebugString();
   ASSERT_TRUE(q.Enqueue("m", "s/4", "{}").ok());
   EXPECT_EQ(Int(*admin, {"XLEN", stream}), 3);
@@ -225,9 +216,9 @@ TEST(RedisSemanticsTest, ABrokenConnectionRepeatsNoSideEffect) {
 // its report again, the client its submit); nothing is done twice: every image
 // is recorded once, every job counted done once, and the sweep completes.
 TEST(RedisSemanticsTest, ACoordinatorLosingRedisRepliesRecordsEveryImageOnce) {
-  REDIS_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .engine = "synthetic:5", .lease_seconds = 3,
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .engine = "synthetic:5", .lease_seconds = 3,
                                                      .job_size = 2}));
-  REDIS_ASSERT_OK_AND_ASSIGN(auto proxy, TcpProxy::Start(farm->redis()->port()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto proxy, TcpProxy::Start(farm->redis()->port()));
   farm->set_coordinator_redis_url(proxy->url());
   ASSERT_TRUE(farm->StopCoordinator().ok());
   ASSERT_TRUE(farm->StartCoordinator().ok()) << farm->Logs();
@@ -235,17 +226,17 @@ TEST(RedisSemanticsTest, ACoordinatorLosingRedisRepliesRecordsEveryImageOnce) {
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(farm->StartWorker().ok());
 
   const json spec = SmallSpec("lossy", 60, 2);  // 30 jobs
-  REDIS_ASSERT_OK_AND_ASSIGN(std::string id, SubmitWithRequestId(*farm, spec, "lossy-request"));
-  REDIS_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(120)));
+  FARM_ASSERT_OK_AND_ASSIGN(std::string id, SubmitWithRequestId(*farm, spec, "lossy-request"));
+  FARM_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(120)));
   EXPECT_GT(proxy->replies_dropped(), 5);
   EXPECT_EQ(st.done(), 60) << farm->Logs();
   EXPECT_EQ(st.failed(), 0);
   EXPECT_EQ(st.jobs_done(), 30);
   const SweepFolderCheck check = CheckFolder(*farm, spec, 2);
   EXPECT_TRUE(check.ok()) << check.Summary();
-  REDIS_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
   EXPECT_EQ(Int(*redis, {"ZCARD", "sdfarm:sweeps"}), 1);
-  REDIS_ASSERT_OK_AND_ASSIGN(RedisReply jobs_done, redis->Command({"HGET", "sdfarm:sweep:" + id, "jobs_done"}));
+  FARM_ASSERT_OK_AND_ASSIGN(RedisReply jobs_done, redis->Command({"HGET", "sdfarm:sweep:" + id, "jobs_done"}));
   EXPECT_EQ(jobs_done.AsInt().value_or(-1), 30);
   EXPECT_EQ(Int(*redis, {"XLEN", kStream}), 0);
   EXPECT_EQ(PendingCount(*redis, kStream), 0);
@@ -256,8 +247,8 @@ TEST(RedisSemanticsTest, ACoordinatorLosingRedisRepliesRecordsEveryImageOnce) {
 // the client sends it again with the same request id, and gets the sweep the
 // first attempt created, which then runs to the end.
 TEST(RedisSemanticsTest, ASubmitWhoseRedisReplyWasLostRunsOnceWhenSentAgain) {
-  REDIS_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .engine = "synthetic:5", .job_size = 2}));
-  REDIS_ASSERT_OK_AND_ASSIGN(auto proxy, TcpProxy::Start(farm->redis()->port()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .engine = "synthetic:5", .job_size = 2}));
+  FARM_ASSERT_OK_AND_ASSIGN(auto proxy, TcpProxy::Start(farm->redis()->port()));
   farm->set_coordinator_redis_url(proxy->url());
   ASSERT_TRUE(farm->StopCoordinator().ok());
   ASSERT_TRUE(farm->StartCoordinator().ok()) << farm->Logs();
@@ -265,22 +256,22 @@ TEST(RedisSemanticsTest, ASubmitWhoseRedisReplyWasLostRunsOnceWhenSentAgain) {
   const json spec = SmallSpec("resent", 6, 2);
   absl::SleepFor(absl::Milliseconds(500));  // the scheduler is idle: the next reply is the create script's
   proxy->DropNextReply();
-  REDIS_ASSERT_OK_AND_ASSIGN(std::string id, SubmitWithRequestId(*farm, spec, "resent-request"));
+  FARM_ASSERT_OK_AND_ASSIGN(std::string id, SubmitWithRequestId(*farm, spec, "resent-request"));
   EXPECT_EQ(proxy->replies_dropped(), 1);
-  REDIS_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(60)));
+  FARM_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(60)));
   EXPECT_EQ(st.done(), 6) << farm->Logs();
   const SweepFolderCheck check = CheckFolder(*farm, spec, 2);
   EXPECT_TRUE(check.ok()) << check.Summary();
-  REDIS_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
   EXPECT_EQ(Int(*redis, {"ZCARD", "sdfarm:sweeps"}), 1);
 }
 
 // (c) A submit sent again with the same request id, concurrently or after a
 // coordinator restart, gets the sweep the first one made.
 TEST(RedisSemanticsTest, TheSameRequestIdMakesOneSweep) {
-  REDIS_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
   const json spec = SmallSpec("once", 4, 2);
-  REDIS_ASSERT_OK_AND_ASSIGN(std::string first, SubmitWithRequestId(*farm, spec, "req-1"));
+  FARM_ASSERT_OK_AND_ASSIGN(std::string first, SubmitWithRequestId(*farm, spec, "req-1"));
   std::vector<std::string> ids(4);
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i) {
@@ -293,9 +284,9 @@ TEST(RedisSemanticsTest, TheSameRequestIdMakesOneSweep) {
   for (const std::string& got : ids) EXPECT_EQ(got, first);
   ASSERT_TRUE(farm->KillCoordinator().ok());
   ASSERT_TRUE(farm->StartCoordinator().ok()) << farm->Logs();
-  REDIS_ASSERT_OK_AND_ASSIGN(std::string after, SubmitWithRequestId(*farm, spec, "req-1"));
+  FARM_ASSERT_OK_AND_ASSIGN(std::string after, SubmitWithRequestId(*farm, spec, "req-1"));
   EXPECT_EQ(after, first);
-  REDIS_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
+  FARM_ASSERT_OK_AND_ASSIGN(auto redis, RedisClient::Connect(farm->redis()->client_options()));
   EXPECT_EQ(Int(*redis, {"ZCARD", "sdfarm:sweeps"}), 1);
   grpc::ClientContext ctx;
   PrepareContext(&ctx, farm->client_token(), absl::Seconds(10));
@@ -307,9 +298,9 @@ TEST(RedisSemanticsTest, TheSameRequestIdMakesOneSweep) {
 // Redis restarting while the coordinator starts (both restarted at once): the
 // coordinator waits for it instead of exiting, then resumes the sweep.
 TEST(RedisSemanticsTest, TheCoordinatorWaitsForRedisAtStartUp) {
-  REDIS_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 1, .engine = "synthetic:5", .job_size = 2}));
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 1, .engine = "synthetic:5", .job_size = 2}));
   const json spec = SmallSpec("waited", 8, 2);
-  REDIS_ASSERT_OK_AND_ASSIGN(std::string id, SubmitWithRequestId(*farm, spec, "waited-request"));
+  FARM_ASSERT_OK_AND_ASSIGN(std::string id, SubmitWithRequestId(*farm, spec, "waited-request"));
   ASSERT_TRUE(farm->KillCoordinator().ok());
   ASSERT_TRUE(farm->redis()->Stop().ok());
   ASSERT_TRUE(farm->StartCoordinatorNoWait().ok());
@@ -318,7 +309,7 @@ TEST(RedisSemanticsTest, TheCoordinatorWaitsForRedisAtStartUp) {
   // The coordinator opens its port once it has loaded the sweeps from Redis.
   ASSERT_TRUE(farm->WaitForCoordinator(absl::Seconds(30)).ok()) << farm->Logs();
   EXPECT_TRUE(absl::StrContains(farm->CoordinatorLog(), "Redis at start-up")) << farm->CoordinatorLog();
-  REDIS_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(60)));
+  FARM_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Seconds(60)));
   EXPECT_EQ(st.done(), 8) << farm->Logs();
   const SweepFolderCheck check = CheckFolder(*farm, spec, 2);
   EXPECT_TRUE(check.ok()) << check.Summary();
@@ -328,13 +319,13 @@ TEST(RedisSemanticsTest, TheCoordinatorWaitsForRedisAtStartUp) {
 // coordinator says so loudly at start-up (and says nothing with noeviction).
 TEST(RedisSemanticsTest, AnEvictingRedisIsWarnedAboutAtStartUp) {
   {
-    REDIS_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .redis = {.maxmemory_policy = "allkeys-lru"}}));
+    FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0, .redis = {.maxmemory_policy = "allkeys-lru"}}));
     const std::string log = farm->CoordinatorLog();
     EXPECT_TRUE(absl::StrContains(log, "WARNING")) << log;
     EXPECT_TRUE(absl::StrContains(log, "maxmemory-policy allkeys-lru")) << log;
     EXPECT_TRUE(absl::StrContains(log, "noeviction")) << log;
   }
-  REDIS_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 0}));
   EXPECT_FALSE(absl::StrContains(farm->CoordinatorLog(), "maxmemory-policy")) << farm->CoordinatorLog();
 }
 

@@ -26,14 +26,6 @@ namespace fs = std::filesystem;
 namespace pb = ::sdfarm::v1;
 using nlohmann::json;
 
-#define FARM_ASSERT_OK_AND_ASSIGN(lhs, rexpr) FARM_ASSERT_OK_AND_ASSIGN_IMPL_(SDFARM_FARM_CONCAT_(so_, __LINE__), lhs, rexpr)
-#define SDFARM_FARM_CONCAT_INNER_(a, b) a##b
-#define SDFARM_FARM_CONCAT_(a, b) SDFARM_FARM_CONCAT_INNER_(a, b)
-#define FARM_ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, rexpr) \
-  auto tmp = (rexpr);                                   \
-  ASSERT_TRUE(tmp.ok()) << tmp.status().ToString();     \
-  lhs = std::move(tmp).value()
-
 std::vector<json> ReadManifest(const std::string& dir) {
   std::vector<json> rows;
   std::ifstream in(dir + "/metadata.jsonl");

@@ -19,11 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string MakeDir(const std::string& tag) {
-  std::string templ = "/tmp/sdfarm-" + tag + "-XXXXXX";
-  if (mkdtemp(templ.data()) == nullptr) return "";
-  return templ;
-}
+std::string MakeDir(const std::string& tag) { return MakeTempDir(tag); }
 
 // Processes whose command line mentions `needle`.
 std::vector<std::string> ProcessesMentioning(const std::string& needle) {

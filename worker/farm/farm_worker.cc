@@ -509,12 +509,13 @@ absl::Status FarmWorker::Run() {
     StopKeeper();
     return s;
   }
-  if (!draining_.load()) ClaimLoop();
+  absl::Status result = absl::OkStatus();
+  if (!draining_.load()) result = ClaimLoop();
   StopKeeper();
   const FarmWorkerStats st = stats();
   Log(absl::StrCat("stopped: ", st.jobs_done, " jobs done (", st.images, " images), ", st.jobs_failed,
                    " failed, ", st.jobs_dropped, " dropped"));
-  return absl::OkStatus();
+  return result;
 }
 
 absl::StatusOr<std::optional<QueuedJob>> FarmWorker::NextJob(JobQueue& queue) {
@@ -551,7 +552,7 @@ absl::StatusOr<std::optional<QueuedJob>> FarmWorker::NextJob(JobQueue& queue) {
   return queue.Claim(model_, reg.worker_id, options_.claim_wait);
 }
 
-void FarmWorker::ClaimLoop() {
+absl::Status FarmWorker::ClaimLoop() {
   std::string prefix;
   {
     absl::MutexLock lock(&mu_);
@@ -568,6 +569,13 @@ void FarmWorker::ClaimLoop() {
       job = absl::InternalError(absl::StrCat("claiming a job: ", e.what()));
     }
     if (!job.ok()) {
+      // Credentials Redis refuses will not start working by retrying (it was
+      // restarted with another password, say): stop with the error, so that
+      // whoever runs the worker sees it, rather than idle forever.
+      const absl::StatusCode code = job.status().code();
+      if (code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied) {
+        return absl::Status(code, absl::StrCat("Redis refuses this worker's credentials: ", job.status().message()));
+      }
       if (!failing) Log(absl::StrCat("cannot take jobs from Redis (retrying): ", job.status().ToString()));
       failing = true;
       SleepUnlessDraining(backoff);
@@ -598,6 +606,7 @@ void FarmWorker::ClaimLoop() {
       Log(absl::StrCat("job ", (*job)->job_id, " dropped after an internal error: ", e.what()));
     }
   }
+  return absl::OkStatus();
 }
 
 // ------------------------------------------------------------------- a job --

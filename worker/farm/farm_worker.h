@@ -127,7 +127,9 @@ class FarmWorker {
   absl::StatusOr<Registration> RegisterOnce(const std::string& worker_id, absl::Duration timeout);
   absl::Status RegisterAtStart();
   absl::Status ConnectRedisAtStart();
-  void ClaimLoop();
+  // Until draining; an error only for one retrying cannot cure (Redis refusing
+  // the credentials).
+  absl::Status ClaimLoop();
   // ReclaimExpired first (jobs of lost workers), then a blocking Claim.
   absl::StatusOr<std::optional<coordinator::QueuedJob>> NextJob(coordinator::JobQueue& queue);
   // Takes a claimed job to its end: rendered and reported, failed and
