@@ -8,7 +8,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_util.h"
+#include "common/redis_client.h"
 #include "tests/farm/farm_fixture.h"
 
 namespace sdfarm::testing {
@@ -225,6 +229,35 @@ TEST(Security, RedisWithAPasswordWorksEndToEndAndAWrongPasswordIsAClearError) {
   FARM_ASSERT_OK_AND_ASSIGN(std::string id, farm->Submit(SmallSpec("secret").dump()));
   FARM_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Minutes(2)));
   EXPECT_EQ(st.done(), 4) << farm->Logs();
+
+  // Redis's password changes under a running farm (and its connections are
+  // dropped): the workers cannot get back in, and each exits with the error
+  // rather than idling with a live heartbeat.
+  {
+    auto admin = RedisClient::Connect(farm->redis()->client_options());
+    ASSERT_TRUE(admin.ok()) << admin.status();
+    ASSERT_TRUE((*admin)->Command({"CONFIG", "SET", "requirepass", "a new password"}).ok());
+    ASSERT_TRUE((*admin)->Command({"CLIENT", "KILL", "TYPE", "normal"}).ok());
+    // A worker that rendered was past start-up: it met the new password
+    // while taking jobs. (One that was still starting meets it connecting.)
+    std::set<std::string> rendered;
+    {
+      std::ifstream in(farm->output_root() + "/secret/metadata.jsonl");
+      for (std::string line; std::getline(in, line);) rendered.insert(json::parse(line)["worker"].get<std::string>());
+    }
+    ASSERT_FALSE(rendered.empty());
+    for (int i = 0; i < farm->num_workers(); ++i) {
+      std::optional<int> code = farm->worker(i)->Wait(absl::Seconds(30));
+      ASSERT_TRUE(code.has_value()) << "worker " << i << " still running:\n" << farm->WorkerLog(i);
+      const std::string log = farm->WorkerLog(i);
+      EXPECT_EQ(*code, 1) << log;
+      EXPECT_NE(log.find("WRONGPASS"), std::string::npos) << log;
+      if (rendered.count(Farm::WorkerId(i))) {
+        EXPECT_NE(log.find("Redis refuses this worker's credentials"), std::string::npos) << log;
+      }
+      EXPECT_EQ(log.find("a new password"), std::string::npos) << "password echoed";
+    }
+  }
 
   // Without the password, or with a wrong one, a coordinator and a worker
   // stop at start-up with an authentication error; the password never shows.
