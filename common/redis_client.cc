@@ -102,6 +102,10 @@ absl::StatusOr<bool> WaitFd(int fd, short events, absl::Time deadline) {
 
 // ---- ParseRedisUrl ----
 
+bool IsRedisAuthError(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnauthenticated || s.code() == absl::StatusCode::kPermissionDenied;
+}
+
 absl::StatusOr<RedisOptions> ParseRedisUrl(std::string_view std_url) {
   const absl::string_view url(std_url.data(), std_url.size());
   auto bad = [&](absl::string_view why) {

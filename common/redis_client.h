@@ -69,6 +69,10 @@ struct RedisOptions {
 // InvalidArgument: hiredis 0.14 has no TLS.
 absl::StatusOr<RedisOptions> ParseRedisUrl(std::string_view url);
 
+// True for the errors of a server that refuses our credentials (NOAUTH,
+// WRONGPASS, NOPERM): retrying cannot cure them, the configuration must change.
+bool IsRedisAuthError(const absl::Status& s);
+
 // One reply, converted and owned (the hiredis reply object is freed as soon as
 // it has been converted). Status replies (+OK) and bulk strings are both
 // strings.

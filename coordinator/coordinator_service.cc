@@ -84,10 +84,9 @@ class RedisPool {
     }
     auto c = RedisClient::Connect(options_);
     if (!c.ok()) {
-      const absl::StatusCode code = c.status().code();
       // Refused credentials are a configuration error, not an outage: no
       // retrying cures them (and UNAUTHENTICATED would blame the caller's token).
-      if (code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied) {
+      if (IsRedisAuthError(c.status())) {
         return absl::FailedPreconditionError(
             absl::StrCat("Redis refuses the coordinator's credentials (check the password in --redis-url): ",
                          c.status().message()));

@@ -253,9 +253,8 @@ std::string Farm::worker_log_path(int i) const { return absl::StrCat(dir_, "/wor
 RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& env,
                      absl::Duration timeout) {
   RunResult result;
-  std::string templ_storage = TempRoot() + "/sdfarm-run-XXXXXX";
-  char* templ = templ_storage.data();
-  int fd = mkstemp(templ);
+  std::string templ = TempRoot() + "/sdfarm-run-XXXXXX";
+  int fd = mkstemp(templ.data());
   if (fd < 0) {
     result.output = "mkstemp under " + TempRoot() + " failed";
     return result;
@@ -268,13 +267,13 @@ RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std
   auto p = Subprocess::Spawn(o);
   if (!p.ok()) {
     result.output = p.status().ToString();
-    unlink(templ);
+    unlink(templ.c_str());
     return result;
   }
   auto code = (*p)->Wait(timeout);
   result.exit_code = code ? *code : (*p)->Stop(absl::Seconds(5)) + 1000;  // 1000+: timed out
   result.output = ReadAll(templ);
-  unlink(templ);
+  unlink(templ.c_str());
   return result;
 }
 

@@ -474,9 +474,9 @@ absl::Status FarmWorker::ConnectRedisAtStart() {
       redis_ = *std::move(redis);
       return absl::OkStatus();
     }
-    const absl::StatusCode code = redis.status().code();
-    if (code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied) {
-      return absl::Status(code, absl::StrCat("Redis refused the connection: ", redis.status().message()));
+    if (IsRedisAuthError(redis.status())) {
+      return absl::Status(redis.status().code(),
+                          absl::StrCat("Redis refused the connection: ", redis.status().message()));
     }
     if (absl::Now() + backoff > deadline) {
       return absl::UnavailableError(absl::StrCat("Redis unreachable for ",
@@ -572,9 +572,8 @@ absl::Status FarmWorker::ClaimLoop() {
       // Credentials Redis refuses will not start working by retrying (it was
       // restarted with another password, say): stop with the error, so that
       // whoever runs the worker sees it, rather than idle forever.
-      const absl::StatusCode code = job.status().code();
-      if (code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied) {
-        return absl::Status(code, absl::StrCat("Redis refuses this worker's credentials: ", job.status().message()));
+      if (IsRedisAuthError(job.status())) {
+        return absl::Status(job.status().code(), absl::StrCat("Redis refuses this worker's credentials: ", job.status().message()));
       }
       if (!failing) Log(absl::StrCat("cannot take jobs from Redis (retrying): ", job.status().ToString()));
       failing = true;
