@@ -169,6 +169,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
     if (options.threads < 0) return InvalidArgumentError("threads must be >= 0");
     if (device.is_cpu() || options.threads > 0) ConfigureCpu(options.threads);
 
+    if (!options.model_config.empty() || !options.original_config.empty() || !options.prediction_type.empty() ||
+        options.ema || !options.vae.empty()) {
+      return UnimplementedError("single-file options and --vae are not implemented yet");
+    }
     ASSIGN_OR_RETURN(auto model, LoadStableDiffusion(model_dir, device, dtype));
     auto impl = std::make_unique<Impl>();
     ModelInfo& info = impl->info;
@@ -192,8 +196,13 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
   }
 }
 
+StatusOr<LoraInfo> Engine::LoadLora(const std::string& path) const {
+  return UnimplementedError("LoRA is not implemented yet: " + path);
+}
+
 Status Engine::Validate(const RenderRequest& r) const {
   const ModelInfo& info = impl_->info;
+  if (!r.loras.empty()) return UnimplementedError("LoRA is not implemented yet");
   if (r.items.empty()) return InvalidArgumentError("no prompt: the request has no items");
   for (size_t i = 0; i < r.items.size(); ++i) {
     const RenderItem& it = r.items[i];

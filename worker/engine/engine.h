@@ -44,6 +44,35 @@ struct EngineOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
   std::string dtype;           // "fp32", "fp16", "bf16"; empty: fp32 on CPU, fp16 on CUDA
   int threads = 0;             // intra-op CPU threads; 0: OMP_NUM_THREADS if set, else one per core
+
+  // What a single-file checkpoint (a model path naming a .safetensors file in
+  // the original LDM / A1111 layout) cannot say about itself. The architecture
+  // is inferred from the tensors (SD 1.x, SD 2.x, 9-channel inpainting) with
+  // the standard configs of those architectures, unless:
+  std::string model_config;     // a diffusers folder whose component configs, tokenizer and scheduler describe it
+  std::string original_config;  // the LDM yaml (default: <checkpoint>.yaml beside the file, as A1111 does)
+  std::string prediction_type;  // "epsilon" or "v_prediction": overrides what the file and configs say
+  bool ema = false;             // take the UNet from the file's EMA weights (model_ema.*)
+
+  // A VAE used for every encode and decode instead of the model's own: a
+  // diffusers VAE folder (config.json + weights) or a single-file VAE.
+  std::string vae;
+};
+
+// A LoRA applied to one request: kohya/A1111 files (lora_unet_*, lora_te_*,
+// .alpha) or diffusers-format files / folders. Each adapted layer computes
+// W x + b + scale * (alpha / rank) * up(down(x)), as diffusers 0.21.4 does with
+// cross_attention_kwargs={"scale": scale}, in the UNet and the text encoder.
+struct LoraRef {
+  std::string path;    // a .safetensors file, or a folder holding pytorch_lora_weights.safetensors
+  double scale = 1.0;  // 0: exactly the base model
+  friend bool operator==(const LoraRef&, const LoraRef&) = default;
+};
+
+// What A1111 writes about a LoRA ("Lora hashes: name: hash").
+struct LoraInfo {
+  std::string name;  // the file's stem, e.g. "add_detail"
+  std::string hash;  // A1111's: the first 12 hex digits of the SHA-256 of the tensor data (after the header)
 };
 
 enum class SeedMode {
@@ -71,6 +100,9 @@ struct RenderRequest {
   SeedMode seed_mode = SeedMode::kPerImage;
   uint64_t shared_seed = 0;         // for SeedMode::kShared
   bool keep_latents = false;        // fill RenderResult::latents
+  // LoRAs for this request, in order. The engine keeps the base weights and
+  // applies a new set only when it differs from the previous request's.
+  std::vector<LoraRef> loras;
 };
 
 struct StepInfo {
@@ -95,7 +127,14 @@ struct RenderResult {
 };
 
 struct ModelInfo {
-  std::string dir, name, hash;
+  std::string dir;                    // the folder or single file loaded
+  std::string name;                   // folder name or file stem, e.g. "stable-diffusion-v1-5"
+  // A1111's "Model hash" (AutoV2): the first 10 hex digits of the SHA-256 of
+  // the checkpoint file; for a diffusers folder, of its UNet, text encoder and
+  // VAE weight files' bytes in that order.
+  std::string hash;
+  bool single_file = false;
+  std::string vae_name, vae_hash;     // set when EngineOptions::vae swapped the VAE (hash: SHA-256, 10 hex)
   std::string device, dtype;
   int default_width = 512, default_height = 512;
   int unet_in_channels = 4;           // 9: an inpainting model
@@ -108,7 +147,8 @@ struct ModelInfo {
 
 class Engine {
  public:
-  static StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_dir, const EngineOptions& options = {});
+  // `model_path`: a diffusers pipeline folder or a single-file checkpoint (.safetensors).
+  static StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_path, const EngineOptions& options = {});
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -119,6 +159,11 @@ class Engine {
   Status Validate(const RenderRequest& request) const;
 
   StatusOr<RenderResult> Render(const RenderRequest& request, const StepCallback& on_step = {}) const;
+
+  // Reads (and caches) a LoRA file and checks it against this model: keys
+  // that match no module, or shapes that do not fit (naming the first module),
+  // are errors. Render calls it for each of a request's LoRAs.
+  StatusOr<LoraInfo> LoadLora(const std::string& path) const;
 
  private:
   struct Impl;
