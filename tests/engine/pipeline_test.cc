@@ -3,6 +3,8 @@
 // images per prompt, non-square sizes, SD 2.x v-prediction) rebuilt from the
 // case description in the file's metadata and rendered by the engine:
 // initial latents equal, final latents within 1e-3, pixels within 2/255.
+// Also the hubcfg/ cases: the same models with configs holding only the keys
+// of the real SD 1.5 / 2.1 hub files (every other key takes diffusers' default).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -21,11 +23,12 @@ using ::sdfarm::testing::LoadGoldenMetadata;
 using ::sdfarm::testing::MaxAbsDiff;
 using ::sdfarm::testing::ModelPath;
 
-std::vector<std::string> GoldenPipelineCases() {
+// "group/name" of every case in golden/<group>/.
+std::vector<std::string> GoldenPipelineCases(const std::string& group) {
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(std::string(SDFARM_SHARED_DIR) + "/golden/pipelines", ec)) {
-    if (e.path().extension() == ".safetensors") names.push_back(e.path().stem().string());
+  for (const auto& e : std::filesystem::directory_iterator(std::string(SDFARM_SHARED_DIR) + "/golden/" + group, ec)) {
+    if (e.path().extension() == ".safetensors") names.push_back(group + "/" + e.path().stem().string());
   }
   std::sort(names.begin(), names.end());
   return names;
@@ -101,7 +104,7 @@ RenderRequest RequestFromCase(const nlohmann::json& c, std::map<std::string, at:
 class PipelineGoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PipelineGoldenTest, MatchesDiffusers) {
-  const std::string file = "pipelines/" + GetParam() + ".safetensors";
+  const std::string file = GetParam() + ".safetensors";
   auto g = LoadGolden(file);
   auto meta = LoadGoldenMetadata(file);
   ASSERT_FALSE(g.empty());
@@ -135,11 +138,18 @@ TEST_P(PipelineGoldenTest, MatchesDiffusers) {
   EXPECT_LE(MaxAbsDiff(pixels.to(at::kInt), g["image_uint8"].to(at::kInt)), 2.0) << "pixels";
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest, ::testing::ValuesIn(GoldenPipelineCases()));
+std::string CaseName(const ::testing::TestParamInfo<std::string>& info) {
+  return info.param.substr(info.param.find('/') + 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest, ::testing::ValuesIn(GoldenPipelineCases("pipelines")), CaseName);
+INSTANTIATE_TEST_SUITE_P(HubConfigs, PipelineGoldenTest, ::testing::ValuesIn(GoldenPipelineCases("hubcfg")),
+                         CaseName);
 
 TEST(PipelineGolden, AllCasesArePresent) {
-  // The cases above are discovered from the folder; an empty folder must fail, not pass.
-  EXPECT_GE(GoldenPipelineCases().size(), 15u) << GoldenPath("pipelines");
+  // The cases above are discovered from the folders; an empty folder must fail, not pass.
+  EXPECT_GE(GoldenPipelineCases("pipelines").size(), 15u) << GoldenPath("pipelines");
+  EXPECT_GE(GoldenPipelineCases("hubcfg").size(), 2u) << GoldenPath("hubcfg");
 }
 
 }  // namespace

@@ -361,6 +361,8 @@ std::string FormatA1111Parameters(const GenerationParameters& p) {
   add("Size", std::to_string(p.width) + "x" + std::to_string(p.height));
   if (!p.model_hash.empty()) add("Model hash", p.model_hash);
   if (!p.model.empty()) add("Model", p.model);
+  if (!p.vae_hash.empty()) add("VAE hash", p.vae_hash);
+  if (!p.vae.empty()) add("VAE", p.vae);
   if (p.denoising_strength.has_value()) add("Denoising strength", FormatNumber(*p.denoising_strength));
   if (p.clip_skip.has_value()) add("Clip skip", std::to_string(*p.clip_skip));
   for (const auto& [key, value] : p.extra) add(key, value);
@@ -427,6 +429,10 @@ StatusOr<GenerationParameters> ParseA1111Parameters(std::string_view text) {
       p.model_hash = value;
     } else if (key == "Model") {
       p.model = value;
+    } else if (key == "VAE hash") {
+      p.vae_hash = value;
+    } else if (key == "VAE") {
+      p.vae = value;
     } else if (key == "Denoising strength") {
       double d = 0;
       if (!ParseNumber(value, &d)) return BadValue(key, value, "a number");

@@ -9,8 +9,8 @@
 // Format follows A1111's processing.create_infotext: the prompt, a
 // "Negative prompt: " line only when there is one, and one line of
 // "Key: value" pairs joined by ", " in A1111's order (Steps, Sampler, CFG
-// scale, Seed, Size, Model hash, Model, Denoising strength, Clip skip, then
-// `extra` in order). A value holding ',', ':' or a newline is written as a
+// scale, Seed, Size, Model hash, Model, VAE hash, VAE, Denoising strength,
+// Clip skip, then `extra` in order, e.g. "Lora hashes" and "Version"). A value holding ',', ':' or a newline is written as a
 // JSON string (infotext_utils.quote); so is one that A1111's parser would
 // otherwise read back differently (leading or trailing spaces, a leading '"',
 // control characters), which A1111 reads back correctly.
@@ -49,6 +49,7 @@ struct GenerationParameters {
   uint64_t seed = 0;
   int width = 0, height = 0;
   std::string model_hash, model;  // omitted from the text when empty
+  std::string vae_hash, vae;      // a swapped VAE (A1111 writes both after Model); omitted when empty
   std::optional<double> denoising_strength;
   // Written whenever set, also for 1 (A1111 omits clip skip <= 1 and reads a
   // missing one as 1; leave it unset to get A1111's text exactly).

@@ -183,7 +183,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
     info.dtype = DtypeName(dtype);
     const auto& uc = model->unet->config();
     const int64_t factor = model->vae->config().downscale_factor();
-    info.default_width = info.default_height = static_cast<int>(uc.sample_size * factor);
+    info.default_width = info.default_height = static_cast<int>(model->sample_size * factor);
     info.unet_in_channels = static_cast<int>(uc.in_channels);
     info.text_layers = static_cast<int>(model->text_encoder->config().num_hidden_layers);
     info.prediction_type = model->scheduler_config.prediction_type;
@@ -467,7 +467,8 @@ std::vector<Image> PreviewImages(const at::Tensor& latents) {
 }
 
 GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& request, const RenderItem& item,
-                                   int width, int height, std::string_view version) {
+                                   int width, int height, std::string_view version,
+                                   const std::vector<LoraInfo>& loras) {
   GenerationParameters p;
   p.prompt = item.prompt;
   p.negative_prompt = item.guidance_scale > 1.0 ? item.negative_prompt : "";
@@ -481,8 +482,19 @@ GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& 
   p.height = height;
   p.model_hash = model.hash;
   p.model = model.name;
+  p.vae_hash = model.vae_hash;
+  p.vae = model.vae_name;
   if (request.init_image) p.denoising_strength = request.strength;
   if (request.clip_skip > 1) p.clip_skip = request.clip_skip;
+  if (!loras.empty()) {
+    std::string hashes;
+    for (const LoraInfo& l : loras) {
+      std::string name = l.name;  // A1111 drops ':' and ',' from the name (they would break the list)
+      std::erase_if(name, [](char c) { return c == ':' || c == ','; });
+      hashes += (hashes.empty() ? "" : ", ") + name + ": " + l.hash;
+    }
+    p.extra.push_back({"Lora hashes", hashes});
+  }
   p.extra.push_back({"Version", std::string(version)});
   return p;
 }

@@ -183,8 +183,13 @@ std::vector<Image> PreviewImages(const at::Tensor& latents);
 // "sdfarm 0.1.0". The negative prompt is recorded only when guidance is on
 // (> 1), since only then does it affect the image; an unknown sampler name
 // (which Validate rejects) is written as given.
+// A swapped VAE is written as "VAE hash" and "VAE", and `loras` (the
+// LoraInfo of each of the request's LoRAs, in order) as A1111's
+// "Lora hashes: "name: hash, ..."". The prompt is written as given: a
+// `<lora:name:scale>` tag appears only when the user wrote one.
 GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& request, const RenderItem& item,
-                                   int width, int height, std::string_view version);
+                                   int width, int height, std::string_view version,
+                                   const std::vector<LoraInfo>& loras = {});
 
 }  // namespace sdfarm::engine
 

@@ -17,9 +17,13 @@ StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
 }
 
 Status GetIntOrList(const nlohmann::json& j, const std::string& key, size_t n, std::vector<int64_t>* out,
-                    const std::string& where) {
+                    const std::string& where, std::optional<int64_t> fallback) {
   auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return InvalidArgumentError(where + ": missing key '" + key + "'");
+  if (it == j.end() || it->is_null()) {
+    if (!fallback) return InvalidArgumentError(where + ": missing key '" + key + "'");
+    out->assign(n, *fallback);
+    return OkStatus();
+  }
   out->clear();
   if (it->is_number_integer()) {
     out->assign(n, it->get<int64_t>());

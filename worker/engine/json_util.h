@@ -10,7 +10,9 @@
 #define SDFARM_WORKER_ENGINE_JSON_UTIL_H_
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "worker/engine/status.h"
 
@@ -42,9 +44,10 @@ Status GetJsonOr(const nlohmann::json& j, const std::string& key, T* out, const 
 }
 
 // An int or a list of ints (diffusers allows both for e.g. attention_head_dim):
-// returns `n` values, repeating a scalar.
+// returns `n` values, repeating a scalar. Absent or null: `fallback` repeated
+// when given (the class's default), else an error.
 Status GetIntOrList(const nlohmann::json& j, const std::string& key, size_t n, std::vector<int64_t>* out,
-                    const std::string& where);
+                    const std::string& where, std::optional<int64_t> fallback = std::nullopt);
 
 }  // namespace sdfarm::engine
 

@@ -1,5 +1,6 @@
 #include "worker/engine/model_loader.h"
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -20,6 +21,22 @@ std::string SamplerFromClassName(const std::string& cls, bool karras) {
   if (cls == "DPMSolverMultistepScheduler") return karras ? "dpmpp_2m_karras" : "dpmpp_2m";
   if (cls == "DDPMScheduler") return "ddpm";
   return "pndm";  // PNDMScheduler, the SD 1.x default, and anything we do not know
+}
+
+// "0.10.0.dev0" < "0.9.0"? Compares the numeric release parts only.
+bool VersionBelow(const std::string& version, std::vector<int> than) {
+  std::vector<int> parts;
+  size_t i = 0;
+  while (i < version.size() && parts.size() < than.size()) {
+    size_t j = i;
+    while (j < version.size() && std::isdigit(static_cast<unsigned char>(version[j]))) ++j;
+    if (j == i) break;
+    parts.push_back(std::stoi(version.substr(i, j - i)));
+    if (j >= version.size() || version[j] != '.') break;
+    i = j + 1;
+  }
+  parts.resize(than.size(), 0);
+  return parts < than;
 }
 
 }  // namespace
@@ -49,6 +66,17 @@ StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::s
   m->tokenizer = std::make_unique<ClipTokenizer>(std::move(tok));
   ASSIGN_OR_RETURN(m->text_encoder, LoadTextEncoder(dir + "/text_encoder", device, dtype));
   ASSIGN_OR_RETURN(m->unet, LoadUNet(dir + "/unet", device, dtype));
+  // StableDiffusionPipeline.__init__ (diffusers 0.21.4) raises a UNet
+  // sample_size below 64 to 64 for configs written before diffusers 0.9.0.
+  m->sample_size = m->unet->config().sample_size;
+  {
+    ASSIGN_OR_RETURN(nlohmann::json unet_json, ReadJsonFile(dir + "/unet/config.json"));
+    const auto v = unet_json.find("_diffusers_version");
+    if (v != unet_json.end() && v->is_string() && VersionBelow(v->get<std::string>(), {0, 9, 0}) &&
+        m->sample_size < 64) {
+      m->sample_size = 64;
+    }
+  }
 
   ASSIGN_OR_RETURN(nlohmann::json vae_json, ReadJsonFile(dir + "/vae/config.json"));
   ASSIGN_OR_RETURN(VaeConfig vae_config, VaeConfig::FromJson(vae_json, dir + "/vae/config.json"));
@@ -57,6 +85,11 @@ StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::s
 
   const std::string sched_path = dir + "/scheduler/scheduler_config.json";
   ASSIGN_OR_RETURN(m->scheduler_config, SchedulerConfig::FromFile(sched_path));
+  // The same __init__ replaces two outdated scheduler settings, for the
+  // pipeline's scheduler and every one made from its config: steps_offset
+  // becomes 1 and clip_sample false.
+  m->scheduler_config.steps_offset = 1;
+  m->scheduler_config.clip_sample = false;
   ASSIGN_OR_RETURN(nlohmann::json sched_json, ReadJsonFile(sched_path));
   m->default_sampler = SamplerFromClassName(sched_json.value("_class_name", std::string()),
                                             sched_json.value("use_karras_sigmas", false));

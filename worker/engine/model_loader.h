@@ -37,6 +37,9 @@ struct StableDiffusionModel {
   std::unique_ptr<ClipTextModel> text_encoder;
   std::unique_ptr<UNet> unet;
   std::unique_ptr<Vae> vae;
+  // The UNet's sample_size as StableDiffusionPipeline uses it (its default
+  // image size is this x 8): see LoadStableDiffusion.
+  int64_t sample_size = 64;
   SchedulerConfig scheduler_config;
   std::string default_sampler;  // from scheduler/scheduler_config.json's _class_name, e.g. "pndm"
   double load_seconds = 0;

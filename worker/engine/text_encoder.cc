@@ -6,12 +6,13 @@
 namespace sdfarm::engine {
 
 StatusOr<ClipTextConfig> ClipTextConfig::FromJson(const nlohmann::json& j, const std::string& where) {
+  // Absent keys take transformers' CLIPTextConfig defaults (ClipTextConfig's).
   ClipTextConfig c;
   RETURN_IF_ERROR(GetJsonOr(j, "vocab_size", &c.vocab_size, c.vocab_size, where));
-  RETURN_IF_ERROR(GetJson(j, "hidden_size", &c.hidden_size, where));
-  RETURN_IF_ERROR(GetJson(j, "intermediate_size", &c.intermediate_size, where));
-  RETURN_IF_ERROR(GetJson(j, "num_attention_heads", &c.num_attention_heads, where));
-  RETURN_IF_ERROR(GetJson(j, "num_hidden_layers", &c.num_hidden_layers, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "hidden_size", &c.hidden_size, c.hidden_size, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "intermediate_size", &c.intermediate_size, c.intermediate_size, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "num_attention_heads", &c.num_attention_heads, c.num_attention_heads, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "num_hidden_layers", &c.num_hidden_layers, c.num_hidden_layers, where));
   RETURN_IF_ERROR(GetJsonOr(j, "max_position_embeddings", &c.max_position_embeddings, c.max_position_embeddings, where));
   RETURN_IF_ERROR(GetJsonOr(j, "hidden_act", &c.hidden_act, c.hidden_act, where));
   RETURN_IF_ERROR(GetJsonOr(j, "layer_norm_eps", &c.layer_norm_eps, c.layer_norm_eps, where));

@@ -16,16 +16,17 @@
 
 namespace sdfarm::engine {
 
-struct ClipTextConfig {
+struct ClipTextConfig {  // defaults: transformers' CLIPTextConfig.__init__
   int64_t vocab_size = 49408;
-  int64_t hidden_size = 768;
-  int64_t intermediate_size = 3072;
-  int64_t num_attention_heads = 12;
+  int64_t hidden_size = 512;
+  int64_t intermediate_size = 2048;
+  int64_t num_attention_heads = 8;
   int64_t num_hidden_layers = 12;
   int64_t max_position_embeddings = 77;
   std::string hidden_act = "quick_gelu";
   double layer_norm_eps = 1e-5;
 
+  friend bool operator==(const ClipTextConfig&, const ClipTextConfig&) = default;
   static StatusOr<ClipTextConfig> FromJson(const nlohmann::json& j, const std::string& where);
 };
 

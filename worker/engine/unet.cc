@@ -24,32 +24,45 @@ Status CheckAbsentOrDefault(const nlohmann::json& j, const std::string& key, con
 }  // namespace
 
 StatusOr<UNetConfig> UNetConfig::FromJson(const nlohmann::json& j, const std::string& where) {
+  // A key the file leaves out takes the default of diffusers' (0.21.4)
+  // UNet2DConditionModel.__init__, as from_pretrained does: the SD 1.5 / 2.1
+  // hub files, written by diffusers 0.6-0.10, omit e.g. mid_block_type. An
+  // explicit null is kept where diffusers gives it a meaning (mid_block_type:
+  // no mid block).
   UNetConfig c;
-  RETURN_IF_ERROR(GetJson(j, "in_channels", &c.in_channels, where));
-  RETURN_IF_ERROR(GetJson(j, "out_channels", &c.out_channels, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "in_channels", &c.in_channels, int64_t{4}, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "out_channels", &c.out_channels, int64_t{4}, where));
+  // diffusers' default is None, which the pipelines cannot use; 64 (SD 1.x) is the practical one.
   RETURN_IF_ERROR(GetJsonOr(j, "sample_size", &c.sample_size, c.sample_size, where));
-  RETURN_IF_ERROR(GetJson(j, "down_block_types", &c.down_block_types, where));
-  RETURN_IF_ERROR(GetJson(j, "up_block_types", &c.up_block_types, where));
-  RETURN_IF_ERROR(GetJsonOr(j, "mid_block_type", &c.mid_block_type, std::string(), where));
-  RETURN_IF_ERROR(GetJson(j, "block_out_channels", &c.block_out_channels, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "down_block_types", &c.down_block_types,
+                            std::vector<std::string>{"CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                                     "CrossAttnDownBlock2D", "DownBlock2D"},
+                            where));
+  RETURN_IF_ERROR(GetJsonOr(j, "up_block_types", &c.up_block_types,
+                            std::vector<std::string>{"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                                     "CrossAttnUpBlock2D"},
+                            where));
+  if (auto it = j.find("mid_block_type"); it != j.end() && it->is_null()) {
+    c.mid_block_type.clear();  // explicitly none
+  } else {
+    RETURN_IF_ERROR(GetJsonOr(j, "mid_block_type", &c.mid_block_type, std::string("UNetMidBlock2DCrossAttn"), where));
+  }
+  RETURN_IF_ERROR(GetJsonOr(j, "block_out_channels", &c.block_out_channels,
+                            std::vector<int64_t>{320, 640, 1280, 1280}, where));
   const size_t n = c.block_out_channels.size();
   if (n == 0 || c.down_block_types.size() != n || c.up_block_types.size() != n) {
     return InvalidArgumentError(where + ": block_out_channels, down_block_types and up_block_types must have the "
                                 "same non-zero length");
   }
-  RETURN_IF_ERROR(GetIntOrList(j, "layers_per_block", n, &c.layers_per_block, where));
+  RETURN_IF_ERROR(GetIntOrList(j, "layers_per_block", n, &c.layers_per_block, where, 2));
   if (j.contains("num_attention_heads") && !j["num_attention_heads"].is_null()) {
     // diffusers 0.21 refuses it too: in SD configs `attention_head_dim` holds the head count.
     return UnimplementedError(where + ": 'num_attention_heads' is not supported; SD configs give the head count "
                               "as 'attention_head_dim'");
   }
-  RETURN_IF_ERROR(GetIntOrList(j, "attention_head_dim", n, &c.heads, where));
-  RETURN_IF_ERROR(GetIntOrList(j, "cross_attention_dim", n, &c.cross_attention_dim, where));
-  if (j.contains("transformer_layers_per_block") && !j["transformer_layers_per_block"].is_null()) {
-    RETURN_IF_ERROR(GetIntOrList(j, "transformer_layers_per_block", n, &c.transformer_layers, where));
-  } else {
-    c.transformer_layers.assign(n, 1);
-  }
+  RETURN_IF_ERROR(GetIntOrList(j, "attention_head_dim", n, &c.heads, where, 8));
+  RETURN_IF_ERROR(GetIntOrList(j, "cross_attention_dim", n, &c.cross_attention_dim, where, 1280));
+  RETURN_IF_ERROR(GetIntOrList(j, "transformer_layers_per_block", n, &c.transformer_layers, where, 1));
   RETURN_IF_ERROR(GetJsonOr(j, "norm_num_groups", &c.norm_num_groups, c.norm_num_groups, where));
   RETURN_IF_ERROR(GetJsonOr(j, "norm_eps", &c.norm_eps, c.norm_eps, where));
   RETURN_IF_ERROR(GetJsonOr(j, "downsample_padding", &c.downsample_padding, c.downsample_padding, where));
@@ -66,6 +79,7 @@ StatusOr<UNetConfig> UNetConfig::FromJson(const nlohmann::json& j, const std::st
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "num_class_embeds", nullptr, where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "addition_embed_type", nullptr, where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "encoder_hid_dim", nullptr, where));
+  RETURN_IF_ERROR(CheckAbsentOrDefault(j, "encoder_hid_dim_type", nullptr, where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "time_cond_proj_dim", nullptr, where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "time_embedding_type", "positional", where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "time_embedding_dim", nullptr, where));

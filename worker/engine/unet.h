@@ -43,6 +43,7 @@ struct UNetConfig {
   int64_t conv_in_kernel = 3, conv_out_kernel = 3;
   double mid_block_scale_factor = 1.0;
 
+  friend bool operator==(const UNetConfig&, const UNetConfig&) = default;
   static StatusOr<UNetConfig> FromJson(const nlohmann::json& j, const std::string& where);
 };
 

@@ -9,19 +9,20 @@ constexpr double kVaeEps = 1e-6;
 }  // namespace
 
 StatusOr<VaeConfig> VaeConfig::FromJson(const nlohmann::json& j, const std::string& where) {
+  // Absent keys take the defaults of diffusers' (0.21.4) AutoencoderKL.__init__.
   VaeConfig c;
   RETURN_IF_ERROR(GetJsonOr(j, "in_channels", &c.in_channels, c.in_channels, where));
   RETURN_IF_ERROR(GetJsonOr(j, "out_channels", &c.out_channels, c.out_channels, where));
   RETURN_IF_ERROR(GetJsonOr(j, "latent_channels", &c.latent_channels, c.latent_channels, where));
-  RETURN_IF_ERROR(GetJson(j, "block_out_channels", &c.block_out_channels, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "block_out_channels", &c.block_out_channels, std::vector<int64_t>{64}, where));
   RETURN_IF_ERROR(GetJsonOr(j, "layers_per_block", &c.layers_per_block, c.layers_per_block, where));
   RETURN_IF_ERROR(GetJsonOr(j, "norm_num_groups", &c.norm_num_groups, c.norm_num_groups, where));
   RETURN_IF_ERROR(GetJsonOr(j, "scaling_factor", &c.scaling_factor, c.scaling_factor, where));
   RETURN_IF_ERROR(GetJsonOr(j, "force_upcast", &c.force_upcast, c.force_upcast, where));
   RETURN_IF_ERROR(GetJsonOr(j, "sample_size", &c.sample_size, c.sample_size, where));
   std::vector<std::string> down, up;
-  RETURN_IF_ERROR(GetJson(j, "down_block_types", &down, where));
-  RETURN_IF_ERROR(GetJson(j, "up_block_types", &up, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "down_block_types", &down, std::vector<std::string>{"DownEncoderBlock2D"}, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "up_block_types", &up, std::vector<std::string>{"UpDecoderBlock2D"}, where));
   const size_t n = c.block_out_channels.size();
   if (n == 0 || down.size() != n || up.size() != n) {
     return InvalidArgumentError(where + ": block_out_channels, down_block_types and up_block_types must have the "
@@ -42,6 +43,19 @@ StatusOr<VaeConfig> VaeConfig::FromJson(const nlohmann::json& j, const std::stri
   auto act = j.find("act_fn");
   if (act != j.end() && !act->is_null() && *act != "silu") {
     return UnimplementedError(where + ": act_fn " + act->dump() + " is not supported");
+  }
+  // Later diffusers versions' options that change the network: only their "off" values.
+  for (const char* key : {"shift_factor", "latents_mean", "latents_std"}) {
+    auto it = j.find(key);
+    if (it != j.end() && !it->is_null()) {
+      return UnimplementedError(where + ": '" + key + "' = " + it->dump() + " is not supported");
+    }
+  }
+  for (const char* key : {"use_quant_conv", "use_post_quant_conv"}) {
+    auto it = j.find(key);
+    if (it != j.end() && !it->is_null() && *it != true) {
+      return UnimplementedError(where + ": '" + key + "' = " + it->dump() + " is not supported");
+    }
   }
   auto mid_attn = j.find("mid_block_add_attention");
   if (mid_attn != j.end() && !mid_attn->is_null() && *mid_attn != true) {

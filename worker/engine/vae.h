@@ -20,12 +20,13 @@ struct VaeConfig {
   int64_t out_channels = 3;
   int64_t latent_channels = 4;
   std::vector<int64_t> block_out_channels;
-  int64_t layers_per_block = 2;
+  int64_t layers_per_block = 1;  // diffusers' default; every SD VAE says 2
   int64_t norm_num_groups = 32;
   double scaling_factor = 0.18215;
   bool force_upcast = true;   // keep the VAE in float32 when the model runs in fp16
-  int64_t sample_size = 512;
+  int64_t sample_size = 32;
 
+  friend bool operator==(const VaeConfig&, const VaeConfig&) = default;
   static StatusOr<VaeConfig> FromJson(const nlohmann::json& j, const std::string& where);
   // 2^(number of blocks - 1): 8 for every SD VAE.
   int64_t downscale_factor() const { return int64_t{1} << (block_out_channels.size() - 1); }
