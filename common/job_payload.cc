@@ -20,6 +20,12 @@ std::string JobPayload::ToJson() const {
   nlohmann::json j = {{"sweep_id", sweep_id}, {"job_index", job_index}, {"model", model},
                       {"width", width},       {"height", height},       {"steps", steps},
                       {"sampler", sampler},   {"items", std::move(items_json)}};
+  if (!loras.empty()) {
+    nlohmann::json l = nlohmann::json::array();
+    for (const LoraUse& u : loras) l.push_back({{"name", u.name}, {"scale", u.scale}});
+    j["loras"] = std::move(l);
+  }
+  if (!vae.empty()) j["vae"] = vae;
   return j.dump();
 }
 
@@ -35,6 +41,10 @@ absl::StatusOr<JobPayload> JobPayload::FromJson(const std::string& text) {
     p.height = j.at("height").get<int>();
     p.steps = j.at("steps").get<int>();
     p.sampler = j.at("sampler").get<std::string>();
+    if (j.contains("loras")) {
+      for (const auto& l : j.at("loras")) p.loras.push_back({l.at("name").get<std::string>(), l.at("scale").get<double>()});
+    }
+    if (j.contains("vae")) p.vae = j.at("vae").get<std::string>();
     for (const auto& it : j.at("items")) {
       JobItem item;
       item.index = it.at("index").get<int64_t>();

@@ -7,8 +7,12 @@
 //               "prompt": "a fox", "negative_prompt": "", "seed": 7,
 //               "guidance_scale": 7.5}, ...]}
 //
-// Items share model, size, steps and sampler (SweepExpander never mixes
-// them in a job). job_id is "<sweep_id>/<job_index>".
+// Items share model, size, steps, sampler and LoRA set (SweepExpander never
+// mixes them in a job). Optional fields, absent when unused:
+//   "loras": [{"name": "style", "scale": 0.5}, ...]   by name: each worker finds
+//            <name>.safetensors (or the folder <name>/) in its --lora-dir
+//   "vae": "vae-ft-mse"                               likewise in its --vae-dir
+// job_id is "<sweep_id>/<job_index>".
 #ifndef SDFARM_COMMON_JOB_PAYLOAD_H_
 #define SDFARM_COMMON_JOB_PAYLOAD_H_
 
@@ -19,6 +23,13 @@
 #include "absl/status/statusor.h"
 
 namespace sdfarm {
+
+// One LoRA of a sweep or job: the name workers look up, and its strength.
+struct LoraUse {
+  std::string name;
+  double scale = 1.0;
+  friend bool operator==(const LoraUse&, const LoraUse&) = default;
+};
 
 struct JobItem {
   int64_t index = 0;       // item index in the sweep
@@ -35,6 +46,8 @@ struct JobPayload {
   int width = 512, height = 512;
   int steps = 30;
   std::string sampler;  // sdfarm sampler name (engine::ParseSampler), e.g. "euler_a"
+  std::vector<LoraUse> loras;
+  std::string vae;      // empty: the worker's own
   std::vector<JobItem> items;
 
   std::string job_id() const { return sweep_id + "/" + std::to_string(job_index); }

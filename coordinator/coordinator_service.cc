@@ -18,6 +18,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_util.h"
 #include "common/job_payload.h"
@@ -50,6 +53,28 @@ std::string RandomHex(int bytes) {
 }
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+// metadata.jsonl's "loras": the item's LoRAs with the hash each image's
+// parameters carry (A1111's "Lora hashes: "name: hash, ...""), so a row
+// names the exact files that made it.
+nlohmann::json LorasRow(const std::vector<LoraUse>& loras, const engine::GenerationParameters& params) {
+  std::map<std::string, std::string> hashes;
+  for (const auto& [key, value] : params.extra) {
+    if (key != "Lora hashes") continue;
+    for (absl::string_view entry : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      const size_t colon = entry.find(':');
+      if (colon == absl::string_view::npos) continue;
+      hashes[std::string(absl::StripAsciiWhitespace(entry.substr(0, colon)))] =
+          std::string(absl::StripAsciiWhitespace(entry.substr(colon + 1)));
+    }
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  for (const LoraUse& l : loras) {
+    auto it = hashes.find(l.name);
+    rows.push_back({{"name", l.name}, {"scale", l.scale}, {"hash", it == hashes.end() ? "" : it->second}});
+  }
+  return rows;
+}
 
 // ------------------------------------------------------------- Redis pool --
 
@@ -1161,6 +1186,9 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
                         {"height", item.height},
                         {"model", s.model},
                         {"model_hash", params->model_hash},
+                        {"vae", params->vae},
+                        {"vae_hash", params->vae_hash},
+                        {"loras", LorasRow(item.loras, *params)},
                         {"sweep_id", s.id},
                         {"sweep", s.name},
                         {"item_index", item.index},
@@ -1358,6 +1386,7 @@ JobPayload Coordinator::Impl::PayloadFor(const Sweep& s, int64_t job_index) cons
   p.sweep_id = s.id;
   p.job_index = job_index;
   p.model = s.model;
+  p.vae = s.spec.vae;
   for (int64_t i = slice.first_item; i < slice.first_item + slice.count; ++i) {
     const Item item = s.expander->ItemAt(i);
     if (p.items.empty()) {
@@ -1365,6 +1394,7 @@ JobPayload Coordinator::Impl::PayloadFor(const Sweep& s, int64_t job_index) cons
       p.height = item.height;
       p.steps = item.steps;
       p.sampler = item.sampler;
+      p.loras = item.loras;
     }
     p.items.push_back({item.index, s.expander->FileName(item), item.prompt, item.negative_prompt, item.seed,
                        item.guidance_scale});

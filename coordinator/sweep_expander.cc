@@ -37,7 +37,8 @@ SweepExpander::SweepExpander(const SweepSpec& spec, int batch_size)
   if (num_items_ == 0) return;
 
   if (spec_.combine == SweepSpec::Combine::kProduct) {
-    const int64_t groups = static_cast<int64_t>(spec_.sizes.size() * spec_.steps.size() * spec_.samplers.size());
+    const int64_t groups = static_cast<int64_t>(spec_.sizes.size() * spec_.steps.size() * spec_.samplers.size() *
+                                                spec_.loras.size());
     items_per_group_ = num_items_ / groups;
     jobs_per_group_ = (items_per_group_ + batch_size_ - 1) / batch_size_;
     num_jobs_ = groups * jobs_per_group_;
@@ -54,13 +55,14 @@ SweepExpander::SweepExpander(const SweepSpec& spec, int batch_size)
     const Size& size = spec_.sizes[ZipEntry(ui, spec_.sizes.size())];
     return std::make_tuple(size.width, size.height, spec_.steps[ZipEntry(ui, spec_.steps.size())],
                            std::cref(spec_.samplers[ZipEntry(ui, spec_.samplers.size())]),
+                           ZipEntry(ui, spec_.loras.size()),
                            std::cref(spec_.prompts[ZipEntry(ui, spec_.prompts.size())]),
                            std::cref(spec_.negative_prompts[ZipEntry(ui, spec_.negative_prompts.size())]));
   };
   std::stable_sort(zip_order_.begin(), zip_order_.end(), [&](int32_t a, int32_t b) { return key(a) < key(b); });
   auto group_key = [&](int32_t i) {
     const auto k = key(i);
-    return std::make_tuple(std::get<0>(k), std::get<1>(k), std::get<2>(k), std::get<3>(k));
+    return std::make_tuple(std::get<0>(k), std::get<1>(k), std::get<2>(k), std::get<3>(k), std::get<4>(k));
   };
   for (int64_t c = 0; c < combinations; ++c) {
     if (c == 0 || group_key(zip_order_[c]) != group_key(zip_order_[c - 1])) {
@@ -82,6 +84,7 @@ SweepExpander::Combo SweepExpander::ComboAt(int64_t combination) const {
     return Combo{ZipEntry(i, spec_.sizes.size()),
                  ZipEntry(i, spec_.steps.size()),
                  ZipEntry(i, spec_.samplers.size()),
+                 ZipEntry(i, spec_.loras.size()),
                  ZipEntry(i, spec_.prompts.size()),
                  ZipEntry(i, spec_.negative_prompts.size()),
                  ZipEntry(i, spec_.guidance_scales.size()),
@@ -99,6 +102,7 @@ SweepExpander::Combo SweepExpander::ComboAt(int64_t combination) const {
   c.guidance = digit(spec_.guidance_scales.size());
   c.negative = digit(spec_.negative_prompts.size());
   c.prompt = digit(spec_.prompts.size());
+  c.lora = digit(spec_.loras.size());
   c.sampler = digit(spec_.samplers.size());
   c.steps = digit(spec_.steps.size());
   c.size = digit(spec_.sizes.size());
@@ -118,6 +122,7 @@ Item SweepExpander::ItemAt(int64_t index) const {
   item.sampler = spec_.samplers[c.sampler];
   item.width = spec_.sizes[c.size].width;
   item.height = spec_.sizes[c.size].height;
+  item.loras = spec_.loras[c.lora];
   return item;
 }
 

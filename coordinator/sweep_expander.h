@@ -12,16 +12,18 @@
 //   }
 //
 // Item order. Items are numbered so that the axes a job cannot mix (size,
-// steps, sampler: what a worker batch must share, with the model) are
-// outermost, then prompt, negative prompt, guidance scale, seed, and the
+// steps, sampler, LoRA set: what a worker batch must share, with the model)
+// are outermost, then prompt, negative prompt, guidance scale, seed, and the
 // images_per_combination copies (seed+k) innermost:
 //   product: index = mixed-radix number over
-//            [size, steps, sampler, prompt, negative, guidance, seed, k]
+//            [size, steps, sampler, loras, prompt, negative, guidance, seed, k]
 //   zip:     combination i takes entry i of every list (entry 0 of a length-1
 //            list); combinations are stably sorted by (size, steps, sampler,
-//            prompt text, negative text), then each yields its k copies.
-//            The sort is O(L log L) at construction, L = the longest list.
-// A "group" is a maximal run of items sharing size, steps and sampler.
+//            LoRA set, prompt text, negative text), then each yields its k
+//            copies. The sort is O(L log L) at construction, L = the longest list.
+// A "group" is a maximal run of items sharing size, steps, sampler and LoRA set.
+// (A sweep without LoRAs has one set, so its numbering is what it was before
+// LoRA sets existed.)
 //
 // Jobs cut each group into consecutive runs of batch_size items (the last
 // run of a group may be shorter) and never cross a group boundary. Cutting
@@ -53,6 +55,7 @@ struct Item {
   int steps = 0;
   std::string sampler;
   int width = 0, height = 0;
+  std::vector<LoraUse> loras;
 };
 
 // Items [first_item, first_item + count) of one group; 1 <= count <= batch_size.
@@ -85,7 +88,7 @@ class SweepExpander {
  private:
   // A combination before its images_per_combination copies: indices into the spec's lists.
   struct Combo {
-    size_t size, steps, sampler, prompt, negative, guidance, seed;
+    size_t size, steps, sampler, lora, prompt, negative, guidance, seed;
   };
   Combo ComboAt(int64_t combination) const;
 

@@ -198,6 +198,67 @@ absl::StatusOr<std::vector<std::string>> ReadStrings(const ParseContext& ctx, co
   return out;
 }
 
+// One LoRA: "name", "name:scale" (the last ':' when a number follows it) or {name: N, scale: S}.
+absl::StatusOr<LoraUse> ReadLora(const ParseContext& ctx, const std::string& field, const Json& v) {
+  LoraUse lora;
+  if (v.is_string()) {
+    lora.name = v.get<std::string>();
+    const size_t colon = lora.name.rfind(':');
+    if (colon != std::string::npos) {
+      const std::string number = lora.name.substr(colon + 1);
+      double scale = 0;
+      const auto [ptr, ec] = std::from_chars(number.data(), number.data() + number.size(), scale);
+      if (number.empty() || ec != std::errc() || ptr != number.data() + number.size()) {
+        return FieldError(ctx, field, "bad LoRA " + QuoteJson(v) + ": want name or name:scale (e.g. style:0.8)");
+      }
+      lora.scale = scale;
+      lora.name.resize(colon);
+    }
+    return lora;
+  }
+  if (v.is_object()) {
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (it.key() != "name" && it.key() != "scale") {
+        return FieldError(ctx, field, "a LoRA has the fields name and scale, not \"" + it.key() + "\"");
+      }
+    }
+    if (!v.contains("name") || !v.at("name").is_string()) {
+      return FieldError(ctx, field, "a LoRA needs a name, got " + QuoteJson(v));
+    }
+    lora.name = v.at("name").get<std::string>();
+    if (v.contains("scale")) {
+      if (!v.at("scale").is_number()) return FieldError(ctx, field, "LoRA scale must be a number, got " + QuoteJson(v));
+      lora.scale = v.at("scale").get<double>();
+    }
+    return lora;
+  }
+  return FieldError(ctx, field, "expected a LoRA (\"name:scale\" or {name, scale}), got " + QuoteJson(v));
+}
+
+// The loras axis: a list of sets; an entry that is not a list is a set of one.
+absl::StatusOr<std::vector<std::vector<LoraUse>>> ReadLoraSets(const ParseContext& ctx, const std::string& field,
+                                                              const Json& value, const SweepLimits& limits) {
+  std::vector<std::vector<LoraUse>> sets;
+  if (value.is_array() && value.empty()) return FieldError(ctx, field, "is an empty list (use [[]] for no LoRA)");
+  if (value.is_array() && value.size() > static_cast<size_t>(limits.max_list)) {
+    return FieldError(ctx, field, absl::StrCat("has ", value.size(), " entries (limit ", limits.max_list, ")"));
+  }
+  for (const Json* entry : Elements(value)) {
+    std::vector<LoraUse> set;
+    if (entry->is_array()) {
+      for (const Json& one : *entry) {
+        ASSIGN_OR_RETURN(LoraUse lora, ReadLora(ctx, field, one));
+        set.push_back(std::move(lora));
+      }
+    } else if (!entry->is_null()) {
+      ASSIGN_OR_RETURN(LoraUse lora, ReadLora(ctx, field, *entry));
+      set.push_back(std::move(lora));
+    }
+    sets.push_back(std::move(set));
+  }
+  return sets;
+}
+
 absl::StatusOr<int64_t> ReadInteger(const ParseContext& ctx, const std::string& field, const Json& v) {
   if (v.is_number_unsigned()) {
     const uint64_t u = v.get<uint64_t>();
@@ -350,7 +411,8 @@ const std::vector<std::string>& KnownFields() {
                                    "seed",         "seeds",           "guidance_scale",   "guidance_scales",
                                    "steps",        "sampler",         "samplers",         "size",
                                    "sizes",        "width",           "height",           "images_per_combination",
-                                   "combine",      "priority"};
+                                   "combine",      "priority",        "lora",             "loras",
+                                   "vae"};
   return *fields;
 }
 
@@ -473,6 +535,17 @@ absl::StatusOr<SweepSpec> FromJsonImpl(const Json& json, const SweepLimits& limi
   }
   if (json.contains("priority")) {
     ASSIGN_OR_RETURN(spec.priority, ReadInt(ctx, "priority", json.at("priority")));
+  }
+  ASSIGN_OR_RETURN(const Json* loras, pick("lora", "loras"));
+  if (loras != nullptr) {
+    // `lora:` names one set (a LoRA or a list of them); `loras:` is the axis of sets.
+    const Json as_axis = name_of("lora", "loras") == "lora" ? Json::array({*loras}) : *loras;
+    ASSIGN_OR_RETURN(spec.loras, ReadLoraSets(ctx, name_of("lora", "loras"), as_axis, limits));
+  }
+  if (json.contains("vae")) {
+    const Json& v = json.at("vae");
+    if (!v.is_string()) return FieldError(ctx, "vae", "expected a string, got " + QuoteJson(v));
+    spec.vae = v.get<std::string>();
   }
 
   if (absl::Status s = Validate(spec, limits); !s.ok()) {
@@ -719,7 +792,7 @@ int64_t CountImages(const SweepSpec& spec) {
       static_cast<int64_t>(spec.prompts.size()), static_cast<int64_t>(spec.negative_prompts.size()),
       static_cast<int64_t>(spec.seeds.size()),   static_cast<int64_t>(spec.guidance_scales.size()),
       static_cast<int64_t>(spec.steps.size()),   static_cast<int64_t>(spec.samplers.size()),
-      static_cast<int64_t>(spec.sizes.size())};
+      static_cast<int64_t>(spec.sizes.size()),   static_cast<int64_t>(spec.loras.size())};
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   int64_t combinations = 1;
   for (int64_t n : lengths) {
@@ -745,7 +818,7 @@ absl::Status Validate(const SweepSpec& spec, const SweepLimits& limits) {
       {"prompts", spec.prompts.size()}, {"negative_prompts", spec.negative_prompts.size()},
       {"seeds", spec.seeds.size()},     {"guidance_scales", spec.guidance_scales.size()},
       {"steps", spec.steps.size()},     {"samplers", spec.samplers.size()},
-      {"sizes", spec.sizes.size()}};
+      {"sizes", spec.sizes.size()},     {"loras", spec.loras.size()}};
   for (const auto& [field, n] : lists) {
     if (n == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": needs at least one entry"));
     if (n > static_cast<size_t>(limits.max_list)) {
@@ -793,6 +866,25 @@ absl::Status Validate(const SweepSpec& spec, const SweepLimits& limits) {
       }
     }
   }
+  for (size_t i = 0; i < spec.loras.size(); ++i) {
+    constexpr size_t kMaxLorasPerSet = 16;
+    if (spec.loras[i].size() > kMaxLorasPerSet) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("loras[", i, "]: ", spec.loras[i].size(), " LoRAs in one set (limit ", kMaxLorasPerSet, ")"));
+    }
+    std::set<std::string> seen;
+    for (const LoraUse& l : spec.loras[i]) {
+      RETURN_IF_ERROR(ValidateName(absl::StrCat("loras[", i, "]"), l.name));
+      if (!(l.scale >= -10 && l.scale <= 10)) {  // also rejects NaN
+        return absl::InvalidArgumentError(absl::StrCat("loras[", i, "]: scale ", FormatDouble(l.scale), " of ",
+                                                       Quote(l.name), " is out of range [-10, 10]"));
+      }
+      if (!seen.insert(l.name).second) {
+        return absl::InvalidArgumentError(absl::StrCat("loras[", i, "]: ", Quote(l.name), " is in the set twice"));
+      }
+    }
+  }
+  if (!spec.vae.empty()) RETURN_IF_ERROR(ValidateName("vae", spec.vae));
   if (spec.priority < 1 || spec.priority > 100) {
     return absl::InvalidArgumentError(absl::StrCat("priority: ", spec.priority, " is out of range [1, 100]"));
   }
@@ -821,7 +913,7 @@ absl::Status Validate(const SweepSpec& spec, const SweepLimits& limits) {
 nlohmann::json SweepSpec::ToJson() const {
   Json sizes_json = Json::array();
   for (const Size& s : sizes) sizes_json.push_back(absl::StrCat(s.width, "x", s.height));
-  return Json{{"name", name},
+  Json j{{"name", name},
               {"model", model},
               {"prompts", prompts},
               {"negative_prompts", negative_prompts},
@@ -833,6 +925,17 @@ nlohmann::json SweepSpec::ToJson() const {
               {"images_per_combination", images_per_combination},
               {"combine", combine == Combine::kZip ? "zip" : "product"},
               {"priority", priority}};
+  if (loras != std::vector<std::vector<LoraUse>>{{}}) {
+    Json sets = Json::array();
+    for (const auto& set : loras) {
+      Json one = Json::array();
+      for (const LoraUse& l : set) one.push_back(l.name + ":" + FormatDouble(l.scale));
+      sets.push_back(std::move(one));
+    }
+    j["loras"] = std::move(sets);
+  }
+  if (!vae.empty()) j["vae"] = vae;
+  return j;
 }
 
 absl::StatusOr<SweepSpec> SweepSpec::FromJson(const nlohmann::json& json, const SweepLimits& limits,

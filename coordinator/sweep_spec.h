@@ -31,6 +31,12 @@
 //   images_per_combination: 2      # default 1: seed s renders seeds s, s+1, ..., s+N-1
 //   combine: product               # product (default) or zip: lists advance together, length-1 lists broadcast
 //   priority: 1                    # 1..100, weight for the fair share between sweeps
+//   loras: [[], style:0.5, [style:1, detail:0.3]]
+//                                  # default [[]] (none): an axis of LoRA sets. Each entry is one set:
+//                                  # a list of LoRAs, or a single LoRA; a LoRA is "name" (scale 1),
+//                                  # "name:scale" or {name: N, scale: S}; scale in [-10, 10].
+//                                  # Workers find <name>.safetensors (or <name>/) in their --lora-dir.
+//   vae: vae-ft-mse                # default: the workers' own; a VAE from the workers' --vae-dir
 //
 // `random:N` draws N distinct seeds in [0, 2^32) from std::mt19937_64 seeded
 // with the random_seed argument, so the same spec and random_seed always give
@@ -51,6 +57,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/job_payload.h"
 
 namespace sdfarm::coordinator {
 
@@ -90,8 +97,13 @@ struct SweepSpec {
   int images_per_combination = 1;
   Combine combine = Combine::kProduct;
   int priority = 1;  // 1..100
+  // LoRA sets, an axis like samplers: a job never mixes two sets. {{}}: no LoRA.
+  std::vector<std::vector<LoraUse>> loras = {{}};
+  std::string vae;  // empty: the workers' own
 
-  // Canonical JSON: plural field names, concrete seeds, sizes as "WxH".
+  // Canonical JSON: plural field names, concrete seeds, sizes as "WxH",
+  // LoRAs as "name:scale"; loras and vae only when set (so a spec without
+  // them reads exactly as before they existed).
   // FromJson(ToJson()) gives back an equal spec.
   nlohmann::json ToJson() const;
   // Reads the spec format above (no *_file fields) and validates the result.
