@@ -47,8 +47,8 @@ StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::s
 
   ASSIGN_OR_RETURN(ClipTokenizer tok, ClipTokenizer::Load(dir + "/tokenizer"));
   m->tokenizer = std::make_unique<ClipTokenizer>(std::move(tok));
-  ASSIGN_OR_RETURN(m->text_encoder, LoadTextEncoder(dir + "/text_encoder", device, dtype));
-  ASSIGN_OR_RETURN(m->unet, LoadUNet(dir + "/unet", device, dtype));
+  ASSIGN_OR_RETURN(m->text_encoder, LoadTextEncoder(dir + "/text_encoder", device, dtype, &m->text_encoder_params));
+  ASSIGN_OR_RETURN(m->unet, LoadUNet(dir + "/unet", device, dtype, &m->unet_params));
 
   ASSIGN_OR_RETURN(nlohmann::json vae_json, ReadJsonFile(dir + "/vae/config.json"));
   ASSIGN_OR_RETURN(VaeConfig vae_config, VaeConfig::FromJson(vae_json, dir + "/vae/config.json"));

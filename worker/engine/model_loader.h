@@ -14,6 +14,7 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -37,6 +38,9 @@ struct StableDiffusionModel {
   std::unique_ptr<ClipTextModel> text_encoder;
   std::unique_ptr<UNet> unet;
   std::unique_ptr<Vae> vae;
+  // Parameter name -> tensor of the loaded text encoder and UNet, under the
+  // diffusers / transformers names (LoRA merging, lora.h).
+  std::map<std::string, at::Tensor*> text_encoder_params, unet_params;
   SchedulerConfig scheduler_config;
   std::string default_sampler;  // from scheduler/scheduler_config.json's _class_name, e.g. "pndm"
   double load_seconds = 0;
