@@ -94,8 +94,8 @@ TEST(Lora, BothFormatsReadAsTheSameLayers) {
     EXPECT_DOUBLE_EQ(k.alpha_over_rank, 0.5);
     EXPECT_DOUBLE_EQ(d.alpha_over_rank, 1.0);
     // diffusers stores up * alpha / rank; the fp16 values halve exactly.
-    EXPECT_TRUE(at::equal(k.down, d.down)) << k.module;
-    EXPECT_TRUE(at::equal(k.up * 0.5, d.up)) << k.module;
+    EXPECT_TRUE(at::equal(k.down.to(at::kFloat), d.down)) << k.module;
+    EXPECT_TRUE(at::equal(k.up.to(at::kFloat) * 0.5, d.up)) << k.module;
   }
   EXPECT_EQ(by_name.count("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"), 1u);
   EXPECT_EQ(by_name.count("text_model.encoder.layers.1.mlp.fc2"), 1u);

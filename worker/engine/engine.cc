@@ -282,7 +282,7 @@ Status Engine::Validate(const RenderRequest& r) const {
   for (const LoraRef& l : r.loras) {
     if (l.path.empty()) return InvalidArgumentError("a LoRA has an empty path");
     if (!std::isfinite(l.scale) || std::abs(l.scale) > 10) {
-      return InvalidArgumentError("LoRA " + l.path + ": the scale must be in [-10, 10], got " + std::to_string(l.scale));
+      return InvalidArgumentError("LoRA " + l.path + ": the scale must be in [-10, 10], got " + FormatNumber(l.scale));
     }
     RETURN_IF_ERROR(LoadLora(l.path).status());  // read once and cached: Render uses the same
   }

@@ -268,8 +268,8 @@ StatusOr<std::shared_ptr<const LoraFile>> ReadLora(const std::string& path, cons
       m.module = module;
       ASSIGN_OR_RETURN(at::Tensor down, st->Get(p.down->name));
       ASSIGN_OR_RETURN(at::Tensor up, st->Get(p.up->name));
-      m.down = down.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-      m.up = up.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+      m.down = down.clone();  // owned, not a view of the mapped file
+      m.up = up.clone();
       const at::Tensor& weight =
           *(id.first == LoraTarget::kUNet ? unet_index : te_index).weight_of.at(module);
       if (!Fits(weight, m.down, m.up)) {
@@ -285,8 +285,8 @@ StatusOr<std::shared_ptr<const LoraFile>> ReadLora(const std::string& path, cons
         }
         m.alpha_over_rank = alpha.to(at::kDouble).item<double>() / static_cast<double>(m.down.size(0));
       }
-      if (!std::isfinite(m.alpha_over_rank) || !m.down.isfinite().all().item<bool>() ||
-          !m.up.isfinite().all().item<bool>()) {
+      if (!std::isfinite(m.alpha_over_rank) || !m.down.to(at::kFloat).isfinite().all().item<bool>() ||
+          !m.up.to(at::kFloat).isfinite().all().item<bool>()) {
         return InvalidArgumentError(what + ": module '" + module + "' holds non-finite values");
       }
       out->modules.push_back(std::move(m));
@@ -302,9 +302,23 @@ LoraMerger::LoraMerger(NamedTensors unet, NamedTensors text_encoder, at::Device 
 
 StatusOr<std::shared_ptr<const LoraFile>> LoraMerger::Load(const std::string& path) {
   auto it = cache_.find(path);
-  if (it != cache_.end()) return it->second;
+  if (it != cache_.end()) {
+    it->second.last_use = ++uses_;
+    return it->second.file;
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<const LoraFile> f, ReadLora(path, unet_, text_encoder_));
-  cache_.emplace(path, f);
+  // Forget the least recently used files that are not applied now.
+  while (cache_.size() >= kMaxCached) {
+    auto oldest = cache_.end();
+    for (auto c = cache_.begin(); c != cache_.end(); ++c) {
+      const bool applied = std::any_of(applied_.begin(), applied_.end(),
+                                       [&](const LoraRef& l) { return l.path == c->first; });
+      if (!applied && (oldest == cache_.end() || c->second.last_use < oldest->second.last_use)) oldest = c;
+    }
+    if (oldest == cache_.end()) break;
+    cache_.erase(oldest);
+  }
+  cache_[path] = Cached{f, ++uses_};
   return f;
 }
 
@@ -338,8 +352,8 @@ Status LoraMerger::Apply(const std::vector<LoraRef>& loras) {
         at::Tensor* slot = params.at(m.module + ".weight");
         at::Tensor& acc = merged[slot];
         if (!acc.defined()) acc = slot->to(device_, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
-        at::Tensor up = m.up.to(device_).flatten(1);
-        at::Tensor down = m.down.to(device_).flatten(1);
+        at::Tensor up = m.up.to(device_, at::kFloat).flatten(1);
+        at::Tensor down = m.down.to(device_, at::kFloat).flatten(1);
         acc.add_(at::mm(up, down).view(acc.sizes()), wanted[i].scale * m.alpha_over_rank);
       }
     }

@@ -44,6 +44,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -64,7 +65,7 @@ enum class LoraTarget { kUNet, kTextEncoder };
 struct LoraModule {
   LoraTarget target = LoraTarget::kUNet;
   std::string module;      // the model's module path, e.g. "mid_block.attentions.0.proj_in"
-  at::Tensor down, up;     // float32, CPU: [r, in(, kh, kw)], [out, r(, 1, 1)]
+  at::Tensor down, up;     // CPU, the file's dtype (upcast to float32 for the merge): [r, in(, kh, kw)], [out, r(, 1, 1)]
   double alpha_over_rank = 1.0;
 };
 
@@ -84,12 +85,15 @@ class LoraMerger {
  public:
   LoraMerger(NamedTensors unet, NamedTensors text_encoder, at::Device device);
 
-  // Reads, validates and caches `path` (keyed by the path as given).
+  // Reads, validates and caches `path` (keyed by the path as given). The
+  // cache keeps the kMaxCached most recently used files besides those applied.
   StatusOr<std::shared_ptr<const LoraFile>> Load(const std::string& path);
 
   // Makes the weights those of the base model plus `loras` (in order; entries
   // with scale 0 are left out). Nothing happens when the effective set equals
-  // the applied one. On an error the model is left at its base weights.
+  // the applied one. On an error the weights stay consistent with applied():
+  // the previous set when a file fails to load, the base model when the
+  // merge itself fails (e.g. out of memory).
   Status Apply(const std::vector<LoraRef>& loras);
 
   // The effective set now merged (scale-0 entries dropped).
@@ -102,7 +106,13 @@ class LoraMerger {
 
   NamedTensors unet_, text_encoder_;
   at::Device device_;
-  std::map<std::string, std::shared_ptr<const LoraFile>> cache_;
+  static constexpr size_t kMaxCached = 8;
+  struct Cached {
+    std::shared_ptr<const LoraFile> file;
+    uint64_t last_use = 0;
+  };
+  std::map<std::string, Cached> cache_;
+  uint64_t uses_ = 0;
   std::vector<LoraRef> applied_;
   std::map<at::Tensor*, at::Tensor> originals_;  // base tensors of the layers merged now
 };
