@@ -13,6 +13,7 @@
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
 #include "worker/engine/safetensors.h"
+#include "worker/tools/render_command.h"
 
 namespace sdfarm::tools {
 namespace {
@@ -211,9 +212,100 @@ TEST(RenderCli, HelpListsEveryFlag) {
   EXPECT_EQ(r.exit_code, 0);
   for (const char* flag : {"--model", "--prompt", "--negative", "--seed", "--seeds", "--guidance", "--steps",
                            "--sampler", "--width", "--height", "--images-per-prompt", "--batch", "--device", "--dtype",
-                           "--init-image", "--strength", "--mask", "--clip-skip", "--out", "--latents-out"}) {
+                           "--init-image", "--strength", "--mask", "--clip-skip", "--lora", "--out", "--latents-out"}) {
     EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
   }
+}
+
+TEST(RenderCli, LoraMatchesDiffusersGoldens) {
+  const std::string kohya = ModelPath("lora/tiny-sd-lora-kohya.safetensors");
+  struct Case {
+    std::string golden;
+    std::vector<std::string> args;
+  };
+  const std::vector<Case> cases = {
+      {"lora/lora_kohya_s05_eulera.safetensors",
+       {"--prompt", "a portrait of a cat wearing a hat", "--negative", "low quality", "--seed", "35", "--sampler",
+        "euler_a", "--lora", kohya + ":0.5"}},
+      {"lora/lora_kohya_s1_pndm.safetensors",
+       {"--prompt", "a photograph of an astronaut riding a horse", "--seed", "34", "--lora", kohya}},
+      {"lora/lora_kohya_s1_pndm.safetensors",  // the diffusers-format folder, two LoRAs at 0.5 each
+       {"--prompt", "a photograph of an astronaut riding a horse", "--seed", "34", "--lora",
+        ModelPath("lora/tiny-sd-lora-diffusers") + ":0.5", "--lora", kohya + ":.5"}},
+  };
+  for (const auto& c : cases) {
+    auto g = LoadGolden(c.golden);
+    const std::string out = MakeTempDir();
+    std::vector<std::string> args = {"--model", ModelPath("tiny-sd"), "--steps", "10", "--guidance", "7.5",
+                                     "--width", "64", "--height", "64", "--out", out,
+                                     "--latents-out", out + "/latents.safetensors"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    ProcessRun r = Render(args);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("LoRA tiny-sd-lora-"), std::string::npos) << r.output;
+    auto files = Pngs(out);
+    ASSERT_EQ(files.size(), 1u) << r.output;
+    ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+    EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0) << c.golden;
+    auto latents = engine::ReadSafetensors(out + "/latents.safetensors");
+    ASSERT_OK(latents);
+    EXPECT_LE(MaxAbsDiff(latents->at("latents"), g["latents_final"]), 1e-3) << c.golden;
+  }
+}
+
+TEST(RenderCli, BadLorasAreRejectedWithAClearMessageAndNoOutput) {
+  const std::string dir = MakeTempDir();
+  std::ofstream(dir + "/style.ckpt") << "pickle";
+  {
+    // The kohya LoRA with one module's matrices for wider layers: another architecture.
+    auto tensors = engine::ReadSafetensors(ModelPath("lora/tiny-sd-lora-kohya.safetensors"));
+    ASSERT_OK(tensors);
+    const std::string m = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k";
+    (*tensors)[m + ".lora_down.weight"] = at::ones({4, 768}, at::kHalf);
+    std::vector<std::pair<std::string, at::Tensor>> list(tensors->begin(), tensors->end());
+    ASSERT_OK(engine::WriteSafetensors(dir + "/sd15-lora.safetensors", list));
+    ASSERT_OK(engine::WriteSafetensors(dir + "/other.safetensors",
+                                       {{"lora_unet_input_blocks_4_1_proj_in.lora_down.weight", at::ones({4, 8})},
+                                        {"lora_unet_input_blocks_4_1_proj_in.lora_up.weight", at::ones({8, 4})}}));
+  }
+  const std::string model = ModelPath("tiny-sd");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {dir + "/sd15-lora.safetensors", "another architecture"},
+      {dir + "/other.safetensors", "matches no module"},
+      {dir + "/style.ckpt", "pickle"},
+      {dir + "/missing.safetensors", "does not exist"},
+      {ModelPath("lora/tiny-sd-lora-kohya.safetensors") + ":12", "[-10, 10]"},
+      {":0.5", "no path"},
+  };
+  for (const auto& [lora, message] : cases) {
+    ProcessRun r = Render({"--model", model, "--prompt", "x", "--steps", "2", "--lora", lora, "--out", dir + "/out"});
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.exit_code, -1) << "crashed: " << r.output;
+    EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << "expected '" << message << "' in: " << r.output;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/out") && !Pngs(dir + "/out").empty());
+}
+
+TEST(RenderCli, LoraArgumentIsPathAndOptionalScale) {
+  auto parse = [](const std::string& arg) { return ParseLoraArg(arg); };
+  ASSERT_OK_AND_ASSIGN(engine::LoraRef a, parse("loras/detail.safetensors"));
+  EXPECT_EQ(a.path, "loras/detail.safetensors");
+  EXPECT_EQ(a.scale, 1.0);
+  ASSERT_OK_AND_ASSIGN(engine::LoraRef b, parse("loras/detail.safetensors:0.7"));
+  EXPECT_EQ(b.path, "loras/detail.safetensors");
+  EXPECT_EQ(b.scale, 0.7);
+  ASSERT_OK_AND_ASSIGN(engine::LoraRef c, parse("/mnt/a:b/style:v2.safetensors:-1.5"));
+  EXPECT_EQ(c.path, "/mnt/a:b/style:v2.safetensors");
+  EXPECT_EQ(c.scale, -1.5);
+  ASSERT_OK_AND_ASSIGN(engine::LoraRef d, parse("/mnt/a:b/style:v2"));  // no number after the last ':'
+  EXPECT_EQ(d.path, "/mnt/a:b/style:v2");
+  EXPECT_EQ(d.scale, 1.0);
+  ASSERT_OK_AND_ASSIGN(engine::LoraRef e, parse("style:1e-1"));
+  EXPECT_EQ(e.path, "style");
+  EXPECT_DOUBLE_EQ(e.scale, 0.1);
+  EXPECT_FALSE(parse(":1").ok());
+  EXPECT_FALSE(parse("").ok());
 }
 
 TEST(MkModelCli, WritesALoadableRandomModelFromConfigs) {

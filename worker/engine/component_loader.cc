@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <vector>
 
 #include "common/status_macros.h"
@@ -18,7 +19,8 @@ namespace {
 
 template <typename Module, typename Config>
 StatusOr<std::unique_ptr<Module>> LoadModule(const std::string& component_dir, const std::string& weights_base,
-                                             const at::Device& device, at::ScalarType dtype) {
+                                             const at::Device& device, at::ScalarType dtype,
+                                             std::map<std::string, at::Tensor*>* named = nullptr) {
   const std::string config_path = component_dir + "/config.json";
   ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(config_path));
   ASSIGN_OR_RETURN(Config config, Config::FromJson(j, config_path));
@@ -33,6 +35,9 @@ StatusOr<std::unique_ptr<Module>> LoadModule(const std::string& component_dir, c
     return StatusFromException(e, config_path);
   }
   RETURN_IF_ERROR(LoadParams(params, {file}, device, dtype));
+  if (named != nullptr) {
+    for (const auto& slot : params.slots()) (*named)[slot.name] = slot.tensor;
+  }
   return module;
 }
 
@@ -113,11 +118,13 @@ StatusOr<std::string> FindWeightsFile(const std::string& component_dir, const st
 }
 
 StatusOr<std::unique_ptr<ClipTextModel>> LoadTextEncoder(const std::string& dir, const at::Device& device,
-                                                         at::ScalarType dtype) {
-  return LoadModule<ClipTextModel, ClipTextConfig>(dir, "model", device, dtype);
+                                                         at::ScalarType dtype,
+                                                         std::map<std::string, at::Tensor*>* params) {
+  return LoadModule<ClipTextModel, ClipTextConfig>(dir, "model", device, dtype, params);
 }
-StatusOr<std::unique_ptr<UNet>> LoadUNet(const std::string& dir, const at::Device& device, at::ScalarType dtype) {
-  return LoadModule<UNet, UNetConfig>(dir, "diffusion_pytorch_model", device, dtype);
+StatusOr<std::unique_ptr<UNet>> LoadUNet(const std::string& dir, const at::Device& device, at::ScalarType dtype,
+                                         std::map<std::string, at::Tensor*>* params) {
+  return LoadModule<UNet, UNetConfig>(dir, "diffusion_pytorch_model", device, dtype, params);
 }
 StatusOr<std::unique_ptr<Vae>> LoadVae(const std::string& dir, const at::Device& device, at::ScalarType dtype) {
   return LoadModule<Vae, VaeConfig>(dir, "diffusion_pytorch_model", device, dtype);

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -26,10 +27,13 @@ namespace sdfarm::engine {
 StatusOr<std::string> FindWeightsFile(const std::string& component_dir, const std::string& base,
                                       const std::string& preferred_variant);
 
+// `params`, when given, receives every parameter name -> the loaded module's
+// tensor (LoRA merging, lora.h); the pointers live as long as the module.
 StatusOr<std::unique_ptr<ClipTextModel>> LoadTextEncoder(const std::string& component_dir, const at::Device& device,
-                                                         at::ScalarType dtype);
+                                                         at::ScalarType dtype,
+                                                         std::map<std::string, at::Tensor*>* params = nullptr);
 StatusOr<std::unique_ptr<UNet>> LoadUNet(const std::string& component_dir, const at::Device& device,
-                                         at::ScalarType dtype);
+                                         at::ScalarType dtype, std::map<std::string, at::Tensor*>* params = nullptr);
 StatusOr<std::unique_ptr<Vae>> LoadVae(const std::string& component_dir, const at::Device& device,
                                        at::ScalarType dtype);
 

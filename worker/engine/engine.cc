@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "common/status_macros.h"
+#include "worker/engine/lora.h"
 #include "worker/engine/model_loader.h"
 #include "worker/engine/scheduler.h"
 #include "worker/engine/weights.h"
@@ -142,6 +143,7 @@ void ConfigureCpu(int threads) {
 struct Engine::Impl {
   std::unique_ptr<StableDiffusionModel> model;
   ModelInfo info;
+  std::unique_ptr<LoraMerger> loras;  // the LoRA file cache and the set merged into `model` now
 };
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -189,6 +191,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
     info.prediction_type = model->scheduler_config.prediction_type;
     info.default_sampler = model->default_sampler;
     info.load_seconds = model->load_seconds;
+    impl->loras = std::make_unique<LoraMerger>(model->unet_params, model->text_encoder_params, device);
     impl->model = std::move(model);
     return std::unique_ptr<Engine>(new Engine(std::move(impl)));
   } catch (const std::exception& e) {
@@ -197,12 +200,16 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
 }
 
 StatusOr<LoraInfo> Engine::LoadLora(const std::string& path) const {
-  return UnimplementedError("LoRA is not implemented yet: " + path);
+  try {
+    ASSIGN_OR_RETURN(std::shared_ptr<const LoraFile> file, impl_->loras->Load(path));
+    return file->info;
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "loading LoRA " + path);
+  }
 }
 
 Status Engine::Validate(const RenderRequest& r) const {
   const ModelInfo& info = impl_->info;
-  if (!r.loras.empty()) return UnimplementedError("LoRA is not implemented yet");
   if (r.items.empty()) return InvalidArgumentError("no prompt: the request has no items");
   for (size_t i = 0; i < r.items.size(); ++i) {
     const RenderItem& it = r.items[i];
@@ -272,6 +279,13 @@ Status Engine::Validate(const RenderRequest& r) const {
                                   " but the init image is " + std::to_string(width) + "x" + std::to_string(height));
     }
   }
+  for (const LoraRef& l : r.loras) {
+    if (l.path.empty()) return InvalidArgumentError("a LoRA has an empty path");
+    if (!std::isfinite(l.scale) || std::abs(l.scale) > 10) {
+      return InvalidArgumentError("LoRA " + l.path + ": the scale must be in [-10, 10], got " + FormatNumber(l.scale));
+    }
+    RETURN_IF_ERROR(LoadLora(l.path).status());  // read once and cached: Render uses the same
+  }
   return OkStatus();
 }
 
@@ -282,6 +296,13 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
   try {
     c10::InferenceMode guard;
     RenderResult result;
+    RETURN_IF_ERROR(impl_->loras->Apply(r.loras));
+    result.lora_seconds = Seconds(start);
+    const auto text_start = Clock::now();
+    for (const LoraRef& l : r.loras) {
+      ASSIGN_OR_RETURN(LoraInfo info, LoadLora(l.path));
+      result.loras.push_back(std::move(info));
+    }
     const int64_t batch = static_cast<int64_t>(r.items.size());
     const int width = r.width == 0 ? impl_->info.default_width : r.width;
     const int height = r.height == 0 ? impl_->info.default_height : r.height;
@@ -326,7 +347,7 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
     for (const auto& it : r.items) g_values.push_back(static_cast<float>(it.guidance_scale));
     at::Tensor guidance = at::tensor(g_values, at::kFloat).view({batch, 1, 1, 1}).to(dev);
     at::Tensor use_cfg = (guidance > 1.0f);
-    result.text_seconds = Seconds(start);
+    result.text_seconds = Seconds(text_start);
 
     // 2. Scheduler and the starting latents.
     ASSIGN_OR_RETURN(Sampler sampler, ParseSampler(r.sampler.empty() ? m.default_sampler : r.sampler));

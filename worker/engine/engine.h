@@ -123,7 +123,9 @@ struct RenderResult {
   std::vector<float> initial_latents; // the latents entering the first step, when kept
   std::vector<int64_t> latents_shape;
   std::vector<int> dropped_tokens;    // per item: prompt tokens cut at the 77-token limit
+  std::vector<LoraInfo> loras;        // per request LoRA, in order (A1111's "Lora hashes")
   double text_seconds = 0, denoise_seconds = 0, decode_seconds = 0;
+  double lora_seconds = 0;            // merging the request's LoRA set (0 when it was already applied)
 };
 
 struct ModelInfo {

@@ -64,8 +64,8 @@ StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::s
 
   ASSIGN_OR_RETURN(ClipTokenizer tok, ClipTokenizer::Load(dir + "/tokenizer"));
   m->tokenizer = std::make_unique<ClipTokenizer>(std::move(tok));
-  ASSIGN_OR_RETURN(m->text_encoder, LoadTextEncoder(dir + "/text_encoder", device, dtype));
-  ASSIGN_OR_RETURN(m->unet, LoadUNet(dir + "/unet", device, dtype));
+  ASSIGN_OR_RETURN(m->text_encoder, LoadTextEncoder(dir + "/text_encoder", device, dtype, &m->text_encoder_params));
+  ASSIGN_OR_RETURN(m->unet, LoadUNet(dir + "/unet", device, dtype, &m->unet_params));
   // StableDiffusionPipeline.__init__ (diffusers 0.21.4) raises a UNet
   // sample_size below 64 to 64 for configs written before diffusers 0.9.0.
   m->sample_size = m->unet->config().sample_size;

@@ -14,6 +14,7 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -40,6 +41,9 @@ struct StableDiffusionModel {
   // The UNet's sample_size as StableDiffusionPipeline uses it (its default
   // image size is this x 8): see LoadStableDiffusion.
   int64_t sample_size = 64;
+  // Parameter name -> tensor of the loaded text encoder and UNet, under the
+  // diffusers / transformers names (LoRA merging, lora.h).
+  std::map<std::string, at::Tensor*> text_encoder_params, unet_params;
   SchedulerConfig scheduler_config;
   std::string default_sampler;  // from scheduler/scheduler_config.json's _class_name, e.g. "pndm"
   double load_seconds = 0;

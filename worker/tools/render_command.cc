@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -51,6 +53,10 @@ void DefineFlags(CliFlags& f) {
   f.Add("strength", "S", "img2img denoising strength in (0, 1]", "0.8");
   f.Add("mask", "PNG", "inpainting mask (white = repaint); needs an inpainting model");
   f.Add("clip-skip", "N", "use the N-th last text encoder layer (1 = last, 2 = AUTOMATIC1111's 'Clip skip 2')", "1");
+  f.Add("lora", "PATH[:SCALE]",
+        "apply a LoRA (kohya/A1111 .safetensors, or a diffusers LoRA file or folder) with SCALE (default 1.0) to "
+        "the UNet and the text encoder; repeat for several",
+        std::nullopt, true);
   f.Add("out", "DIR", "output folder", "out");
   f.Add("latents-out", "FILE", "also write the final latents (before VAE decoding) as safetensors");
   f.AddBool("shared-generator", "one generator for each batch, as diffusers' default (for parity checks)");
@@ -60,6 +66,7 @@ void DefineFlags(CliFlags& f) {
       "  sdfarm-render --model models/sd15 --prompt 'a red fox in the snow' --seeds 0-3 --steps 25\n"
       "  sdfarm-render --model models/sd15 --prompt 'oil painting' --init-image in.png --strength 0.6\n"
       "  sdfarm-render --model models/sd15-inpaint --prompt 'a cat' --init-image in.png --mask mask.png\n"
+      "  sdfarm-render --model models/sd15 --prompt 'a castle' --lora loras/add_detail.safetensors:0.7 --lora style\n"
       "\nEach image is written as <out>/<index>-seed<seed>-cfg<guidance>.png with its parameters embedded\n"
       "in AUTOMATIC1111's format (PNG Info, Civitai and other tools read it).\n");
 }
@@ -72,6 +79,25 @@ std::string FileName(size_t index, const RenderItem& item) {
 }
 
 }  // namespace
+
+engine::StatusOr<engine::LoraRef> ParseLoraArg(const std::string& arg) {
+  engine::LoraRef ref;
+  ref.path = arg;
+  const size_t colon = arg.rfind(':');
+  if (colon != std::string::npos && colon + 1 < arg.size()) {
+    const std::string tail = arg.substr(colon + 1);
+    char* end = nullptr;
+    const double v = std::strtod(tail.c_str(), &end);
+    if (end != nullptr && *end == '\0' && tail.find_first_of("0123456789") != std::string::npos &&
+        tail.find_first_of("xXpP") == std::string::npos) {
+      if (!std::isfinite(v)) return engine::InvalidArgumentError("--lora " + arg + ": the scale is not finite");
+      ref.path = arg.substr(0, colon);
+      ref.scale = v;
+    }
+  }
+  if (ref.path.empty()) return engine::InvalidArgumentError("--lora '" + arg + "': no path (PATH[:SCALE])");
+  return ref;
+}
 
 int RunRender(int argc, char** argv) {
   CliFlags flags(kProgram, "Renders Stable Diffusion images on this machine (txt2img, img2img, inpainting).");
@@ -120,6 +146,11 @@ int RunRender(int argc, char** argv) {
   }
 
   RenderRequest base;
+  for (const std::string& arg : flags.GetAll("lora")) {
+    auto ref = ParseLoraArg(arg);
+    if (!ref.ok()) return Fail(ref.status(), 2);
+    base.loras.push_back(*ref);
+  }
   base.steps = static_cast<int>(*steps);
   base.sampler = flags.Get("sampler");
   base.clip_skip = static_cast<int>(*clip_skip);
@@ -179,6 +210,15 @@ int RunRender(int argc, char** argv) {
     probe.items = items;
     if (auto s = (*engine)->Validate(probe); !s.ok()) return Fail(s, 2);
   }
+  if (!quiet) {
+    for (const engine::LoraRef& l : base.loras) {
+      auto lora = (*engine)->LoadLora(l.path);  // cached by Validate
+      if (lora.ok()) {
+        std::fprintf(stderr, "LoRA %s (hash %s) at scale %s\n", lora->name.c_str(), lora->hash.c_str(),
+                     engine::FormatNumber(l.scale).c_str());
+      }
+    }
+  }
   const std::string sampler_name = base.sampler.empty() ? info.default_sampler : base.sampler;
   auto sampler = engine::ParseSampler(sampler_name);
   if (!sampler.ok()) return Fail(sampler.status());
@@ -227,6 +267,7 @@ int RunRender(int argc, char** argv) {
       all_latents.push_back(at::from_blob(result->latents.data(), result->latents_shape, at::kFloat).clone());
     }
     if (!quiet) {
+      if (result->lora_seconds > 0.0005) std::fprintf(stderr, "LoRAs merged in %.3f s\n", result->lora_seconds);
       std::fprintf(stderr, "batch %zu/%zu: %zu images, text %.2f s, denoise %.2f s, decode %.2f s\n", b + 1,
                    num_batches, req.items.size(), result->text_seconds, result->denoise_seconds,
                    result->decode_seconds);

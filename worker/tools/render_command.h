@@ -4,7 +4,16 @@
 #ifndef SDFARM_WORKER_TOOLS_RENDER_COMMAND_H_
 #define SDFARM_WORKER_TOOLS_RENDER_COMMAND_H_
 
+#include <string>
+
+#include "worker/engine/engine.h"
+
 namespace sdfarm::tools {
+
+// Parses a --lora value, PATH[:SCALE]: the text after the last ':' is the
+// scale when it is a number (paths may hold ':'), else the whole value is
+// the path and the scale is 1.
+engine::StatusOr<engine::LoraRef> ParseLoraArg(const std::string& arg);
 
 // Returns the process exit code: 0 success, 1 runtime failure, 2 usage error.
 int RunRender(int argc, char** argv);
