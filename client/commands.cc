@@ -126,6 +126,8 @@ constexpr SweepFlag kSweepFlags[] = {
     {"images-per-combination", "images_per_combination"},
     {"zip", "combine"},
     {"priority", "priority"},
+    {"lora", "loras"},
+    {"vae", "vae"},
 };
 
 absl::Status ToFlagError(const absl::Status& status) {
@@ -818,6 +820,11 @@ void AddSweepFlags(tools::CliFlags* flags, bool model_flag) {
   flags->Add("images-per-combination", "N", "seed s also renders s+1, ..., s+N-1 (default 1)");
   flags->AddBool("zip", "advance the lists together (length-1 lists repeat) instead of the Cartesian product");
   flags->Add("priority", "N", "1..100: weight in the fair share between sweeps (default 1)");
+  flags->Add("lora", "NAME[:SCALE]",
+             "a LoRA for every image, by the name in the workers' --lora-dir (scale default 1); repeat for "
+             "several. For LoRA sets as a sweep axis use a sweep file (loras: [[], style:0.5, style:1])",
+             std::nullopt, /*repeatable=*/true);
+  flags->Add("vae", "NAME", "a VAE from the workers' --vae-dir instead of the model's own");
 }
 
 std::string DefaultSweepName(std::string_view model, absl::Time now, absl::TimeZone zone) {
@@ -868,6 +875,8 @@ absl::StatusOr<SweepSpec> SpecFromFlags(const tools::CliFlags& flags, const Swee
     ASSIGN_OR_RETURN(j["images_per_combination"], ParseOneInt(flags, "images-per-combination"));
   }
   if (flags.GetBool("zip")) j["combine"] = "zip";
+  if (auto loras = flags.GetAll("lora"); !loras.empty()) j["lora"] = loras;  // one set
+  if (flags.Has("vae")) j["vae"] = flags.Get("vae");
   if (flags.Has("priority")) {
     ASSIGN_OR_RETURN(j["priority"], ParseOneInt(flags, "priority"));
   }

@@ -116,8 +116,8 @@ absl::StatusOr<std::string> LocalModelName(std::string_view model_dir, std::stri
     fs::path dir = fs::weakly_canonical(fs::path(std::string(model_dir)), ec);
     if (ec) dir = fs::path(std::string(model_dir)).lexically_normal();
     if (!dir.has_filename()) dir = dir.parent_path();
-    name = dir.filename().string();
-    source = "the model folder's name";
+    name = dir.extension() == ".safetensors" ? dir.stem().string() : dir.filename().string();
+    source = "the model's folder or file name";
   }
   if (name.empty() && engine.starts_with("synthetic")) return std::string("synthetic");
   if (name.empty()) return absl::InvalidArgumentError("--model DIR is required (or --engine synthetic:MS)");
@@ -262,6 +262,8 @@ uint64_t StableSeed(std::string_view basis) {
 struct LocalOptions {
   int workers = 1;
   std::string model_dir, engine, device, dtype, batch_size, threads;
+  // Passed to every worker as given: single-file hints, LoRA and VAE folders.
+  std::vector<std::string> worker_flags;
   fs::path output_root;
   absl::Duration startup_timeout = absl::Seconds(60);
   absl::Duration timeout = absl::Seconds(30);
@@ -527,6 +529,7 @@ absl::Status LocalRun::StartWorkers() {
     if (!options_.batch_size.empty()) argv.insert(argv.end(), {"--batch-size", options_.batch_size});
     if (!options_.dtype.empty()) argv.insert(argv.end(), {"--dtype", options_.dtype});
     if (!threads.empty()) argv.insert(argv.end(), {"--threads", threads});
+    argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
     std::vector<std::pair<std::string, std::string>> env = {
         {"SDFARM_WORKER_TOKEN", worker_token_},
         {"SDFARM_TOKEN", ""},
@@ -767,9 +770,20 @@ int RunLocal(const std::vector<std::string>& raw_args) {
                         "Runs a sweep on this machine: starts redis-server, a coordinator and N workers as child "
                         "processes,\nshows live progress, and stops them all at the end or on Ctrl-C.");
   flags.Add("workers", "N", "worker processes", "1");
-  flags.Add("model", "DIR", "the model folder the workers load; its name is the sweep's model");
+  flags.Add("model", "PATH",
+            "the model the workers load: a diffusers folder or a single-file .safetensors checkpoint; its name "
+            "is the sweep's model");
   flags.SetEnv("model", "SDFARM_MODEL");
-  flags.Add("model-name", "NAME", "serve the model under this name (default: the folder's name, or \"synthetic\")");
+  flags.Add("model-name", "NAME",
+            "serve the model under this name (default: the folder's name or file's stem, or \"synthetic\")");
+  flags.Add("model-config", "DIR", "single file: its configs, tokenizer and scheduler from this diffusers folder");
+  flags.Add("original-config", "YAML", "single file: its original LDM config (default: <file>.yaml beside it)");
+  flags.Add("prediction-type", "TYPE", "single file: epsilon or v_prediction, when the file cannot tell");
+  flags.AddBool("ema", "single file: use its EMA UNet weights");
+  flags.Add("lora-dir", "DIR", "where the workers find the LoRAs --lora names (<DIR>/<name>.safetensors)");
+  flags.SetEnv("lora-dir", "SDFARM_LORA_DIR");
+  flags.Add("vae-dir", "DIR", "where the workers find the VAE --vae names (<DIR>/<name>.safetensors)");
+  flags.SetEnv("vae-dir", "SDFARM_VAE_DIR");
   AddSweepFlags(&flags, /*model_flag=*/false);
   flags.Add("output-root", "DIR", "images go to DIR/<name>/; local state (Redis data, logs) to DIR/.sdfarm-local/",
             "sdfarm-out");
@@ -818,6 +832,14 @@ int RunLocal(const std::vector<std::string>& raw_args) {
   options.threads = flags.Get("threads");
   options.batch_size = flags.Get("batch-size");
   options.json = flags.GetBool("json");
+  for (const char* f : {"model-config", "original-config", "prediction-type", "lora-dir", "vae-dir"}) {
+    if (!flags.Has(f)) continue;
+    std::string value = flags.Get(f);
+    std::error_code path_ec;
+    if (std::string_view(f) != "prediction-type") value = fs::absolute(value, path_ec).string();
+    options.worker_flags.insert(options.worker_flags.end(), {absl::StrCat("--", f), value});
+  }
+  if (flags.GetBool("ema")) options.worker_flags.push_back("--ema");
   if (!options.engine.empty() && !options.engine.starts_with("synthetic:")) {
     return usage("--engine: expected synthetic:MS, got \"" + options.engine + "\"");
   }
@@ -829,7 +851,10 @@ int RunLocal(const std::vector<std::string>& raw_args) {
   }
   if (!options.model_dir.empty() && options.engine.empty()) {
     std::error_code ec;
-    if (!fs::is_directory(options.model_dir, ec)) return usage("--model: no folder \"" + options.model_dir + "\"");
+    const bool single_file = fs::path(options.model_dir).extension() == ".safetensors";
+    if (single_file ? !fs::is_regular_file(options.model_dir, ec) : !fs::is_directory(options.model_dir, ec)) {
+      return usage(absl::StrCat("--model: no ", single_file ? "file" : "folder", " \"", options.model_dir, "\""));
+    }
   }
   absl::StatusOr<std::string> model_name = LocalModelName(options.model_dir, flags.Get("model-name"), options.engine);
   if (!model_name.ok()) return usage(model_name.status().message());

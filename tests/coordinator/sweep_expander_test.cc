@@ -306,5 +306,49 @@ TEST(SweepExpanderTest, FileNamesAreUniqueAndShowSeedAndGuidance) {
   EXPECT_EQ(SweepExpander(Spec(1000, 1000), 1).FileName(odd), "000042-seed7-cfg0.1.png");
 }
 
+TEST(SweepExpanderTest, LoraSetsAreGroupsThatJobsNeverMix) {
+  SweepSpec spec = Spec(2, 3);
+  spec.loras = {{}, {{"style", 0.5}}, {{"style", 1.0}, {"detail", 0.3}}};
+  SweepExpander e(spec, 4);
+  ASSERT_EQ(e.num_items(), 18);
+  // Per set: 2 prompts x 3 seeds = 6 items = 2 jobs of 4 and 2.
+  ASSERT_EQ(e.num_jobs(), 6);
+  std::map<size_t, int> items_per_set;
+  for (int64_t j = 0; j < e.num_jobs(); ++j) {
+    const JobSlice job = e.JobAt(j);
+    const std::vector<LoraUse> first = e.ItemAt(job.first_item).loras;
+    for (int64_t i = job.first_item; i < job.first_item + job.count; ++i) {
+      EXPECT_EQ(e.ItemAt(i).loras, first) << "job " << j << " mixes LoRA sets";
+    }
+    for (size_t s = 0; s < spec.loras.size(); ++s) {
+      if (spec.loras[s] == first) items_per_set[s] += job.count;
+    }
+  }
+  EXPECT_EQ(items_per_set, (std::map<size_t, int>{{0, 6}, {1, 6}, {2, 6}}));
+  // Without LoRA sets the numbering is what it always was.
+  SweepExpander plain(Spec(2, 3), 4);
+  SweepExpander one_set(spec, 4);
+  EXPECT_EQ(plain.ItemAt(5).prompt, one_set.ItemAt(5).prompt);
+  EXPECT_EQ(plain.ItemAt(5).seed, one_set.ItemAt(5).seed);
+}
+
+TEST(SweepExpanderTest, ZipKeepsEachCombinationsLoraSet) {
+  SweepSpec spec = Spec(2, 2);
+  spec.combine = SweepSpec::Combine::kZip;
+  spec.loras = {{{"a", 1.0}}, {{"b", 0.5}}};
+  SweepExpander e(spec, 8);
+  ASSERT_EQ(e.num_items(), 2);
+  ASSERT_EQ(e.num_jobs(), 2);  // two sets: two groups
+  std::set<std::string> seen;
+  for (int64_t i = 0; i < 2; ++i) {
+    const Item item = e.ItemAt(i);
+    ASSERT_EQ(item.loras.size(), 1u);
+    // Combination k pairs prompt k with set k.
+    EXPECT_EQ(item.prompt, item.loras[0].name == "a" ? "prompt 0" : "prompt 1");
+    seen.insert(item.loras[0].name);
+  }
+  EXPECT_EQ(seen, (std::set<std::string>{"a", "b"}));
+}
+
 }  // namespace
 }  // namespace sdfarm::coordinator

@@ -609,5 +609,77 @@ TEST(SweepSpecJsonTest, DeeplyNestedValueIsAnErrorNotAStackOverflow) {
   EXPECT_THAT(std::string(spec.status().message()), HasSubstr("got [[1]]"));
 }
 
+TEST(SweepSpecLoras, SetsAreAnAxisAndALoraIsNameColonScale) {
+  Json j = Minimal();
+  j["loras"] = Json::parse(R"([[], "style:0.5", ["style", {"name": "detail", "scale": -0.25}]])");
+  auto spec = SweepSpec::FromJson(j, kLimits, 0);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_EQ(spec->loras.size(), 3u);
+  EXPECT_TRUE(spec->loras[0].empty());
+  EXPECT_EQ(spec->loras[1], (std::vector<LoraUse>{{"style", 0.5}}));
+  EXPECT_EQ(spec->loras[2], (std::vector<LoraUse>{{"style", 1.0}, {"detail", -0.25}}));
+  EXPECT_EQ(CountImages(*spec), 3);
+  // Canonical form: every LoRA as name:scale; reads back equal.
+  const Json wire = spec->ToJson();
+  EXPECT_EQ(wire["loras"], Json::parse(R"([[], ["style:0.5"], ["style:1", "detail:-0.25"]])"));
+  auto again = SweepSpec::FromJson(wire, kLimits, 0);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, *spec);
+}
+
+TEST(SweepSpecLoras, SingularLoraIsOneSetAndVaeIsAName) {
+  Json j = Minimal();
+  j["lora"] = Json::array({"style:0.8", "detail"});
+  j["vae"] = "vae-ft-mse";
+  auto spec = SweepSpec::FromJson(j, kLimits, 0);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->loras, (std::vector<std::vector<LoraUse>>{{{"style", 0.8}, {"detail", 1.0}}}));
+  EXPECT_EQ(spec->vae, "vae-ft-mse");
+  EXPECT_EQ(spec->ToJson()["vae"], "vae-ft-mse");
+}
+
+TEST(SweepSpecLoras, ASpecWithoutThemReadsAsBefore) {
+  const auto spec = SweepSpec::FromJson(Minimal(), kLimits, 0);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->loras, (std::vector<std::vector<LoraUse>>{{}}));
+  EXPECT_TRUE(spec->vae.empty());
+  // Unchanged canonical JSON keeps spec hashes (and local mode's sweep names) stable.
+  EXPECT_FALSE(spec->ToJson().contains("loras"));
+  EXPECT_FALSE(spec->ToJson().contains("vae"));
+}
+
+TEST(SweepSpecLoras, BadLorasAreRefusedWithTheirField) {
+  auto with = [](const char* loras) {
+    Json j = Minimal();
+    j["loras"] = Json::parse(loras);
+    return j;
+  };
+  EXPECT_THAT(JsonError(with(R"(["../escape:1"])")), HasSubstr("loras[0]"));
+  EXPECT_THAT(JsonError(with(R"(["style:abc"])")), HasSubstr("name:scale"));
+  EXPECT_THAT(JsonError(with(R"(["style:11"])")), HasSubstr("out of range [-10, 10]"));
+  EXPECT_THAT(JsonError(with(R"([["style", "style:0.5"]])")), HasSubstr("twice"));
+  EXPECT_THAT(JsonError(with(R"([])")), HasSubstr("empty list"));
+  EXPECT_THAT(JsonError(with(R"([{"name": "style", "weight": 1}])")), HasSubstr("not \"weight\""));
+  EXPECT_THAT(JsonError(with(R"([[1]])")), HasSubstr("expected a LoRA"));
+  Json vae = Minimal();
+  vae["vae"] = "/etc/vae";
+  EXPECT_THAT(JsonError(vae), HasSubstr("vae"));
+}
+
+TEST(SweepSpecLoras, YamlAxisOfScales) {
+  auto spec = ParseSweepText(R"(
+name: fox
+model: sd15
+prompt: a fox
+seeds: 0-1
+loras: [[], [style:0.5], [style:1.0]]
+)",
+                             /*yaml=*/true, kLimits, 0);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_EQ(spec->loras.size(), 3u);
+  EXPECT_EQ(spec->loras[2], (std::vector<LoraUse>{{"style", 1.0}}));
+  EXPECT_EQ(CountImages(*spec), 6);
+}
+
 }  // namespace
 }  // namespace sdfarm::coordinator

@@ -105,7 +105,11 @@ TEST_F(EngineTest, AnImageDoesNotDependOnItsBatch) {
     RenderRequest one = Basic();
     one.items = {batch.items[i]};
     ASSERT_OK_AND_ASSIGN(RenderResult alone, engine_->Render(one));
-    EXPECT_LE(MaxAbsDiff(Latents(together, i), Latents(alone, 0)), 1e-4) << "item " << i;
+    // Not bit-exact: BLAS blocks a GEMM differently for other row counts, so
+    // float sums round differently (1.6e-4 seen with OpenBLAS on an AVX-512
+    // CPU); the tolerance of the diffusers parity tests. Another seed,
+    // prompt or guidance would differ by O(1).
+    EXPECT_LE(MaxAbsDiff(Latents(together, i), Latents(alone, 0)), 1e-3) << "item " << i;
   }
 }
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "tests/engine/golden.h"
 #include "worker/engine/a1111_parameters.h"
@@ -250,6 +251,13 @@ TEST(RenderCli, LoraMatchesDiffusersGoldens) {
     auto latents = engine::ReadSafetensors(out + "/latents.safetensors");
     ASSERT_OK(latents);
     EXPECT_LE(MaxAbsDiff(latents->at("latents"), g["latents_final"]), 1e-3) << c.golden;
+    // The PNG names each LoRA with A1111's hash (SHA-256 of the tensor data, 12 digits) and its scale.
+    ASSERT_OK_AND_ASSIGN(auto text, engine::ReadPngText(files[0]));
+    ASSERT_OK_AND_ASSIGN(engine::GenerationParameters p, engine::ParseA1111Parameters(text[0].second));
+    std::map<std::string, std::string> extra(p.extra.begin(), p.extra.end());
+    EXPECT_NE(extra["Lora hashes"].find("tiny-sd-lora-kohya: 20a3e83bed69"), std::string::npos) << text[0].second;
+    EXPECT_FALSE(extra["Lora weights"].empty()) << text[0].second;
+    EXPECT_EQ(p.prompt.find("<lora:"), std::string::npos);
   }
 }
 

@@ -77,7 +77,8 @@ TEST(ParametersFor, RecordsASwappedVaeAndLorasAsA1111Does) {
   ModelInfo m = Model();
   m.vae_name = "vae-ft-mse-840000";
   m.vae_hash = "735e4c3a44";
-  const RenderRequest r = Request("euler");
+  RenderRequest r = Request("euler");
+  r.loras = {{"/loras/style.safetensors", 0.5}, {"/loras/detail", 1.0}};
   const GenerationParameters p =
       ParametersFor(m, r, r.items[0], 512, 512, "sdfarm 0.1.0", {{"style", "0123456789ab"}, {"detail", "ba9876543210"}});
   // A1111: VAE hash and VAE after Model; the network extension's "Lora hashes"
@@ -87,7 +88,7 @@ TEST(ParametersFor, RecordsASwappedVaeAndLorasAsA1111Does) {
             "Negative prompt: blurry\n"
             "Steps: 30, Sampler: Euler, CFG scale: 7.5, Seed: 7, Size: 512x512, Model hash: 1a2b3c4d5e, Model: sd15, "
             "VAE hash: 735e4c3a44, VAE: vae-ft-mse-840000, Lora hashes: \"style: 0123456789ab, detail: ba9876543210\", "
-            "Version: sdfarm 0.1.0");
+            "Lora weights: \"style: 0.5, detail: 1\", Version: sdfarm 0.1.0");
   auto back = ParseA1111Parameters(FormatA1111Parameters(p));
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(*back, p);

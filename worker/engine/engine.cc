@@ -199,6 +199,11 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
   }
 }
 
+Status Engine::SetVae(const std::string& path) {
+  if (path.empty()) return OkStatus();
+  return UnimplementedError("swapping the VAE is not implemented yet: " + path);
+}
+
 StatusOr<LoraInfo> Engine::LoadLora(const std::string& path) const {
   try {
     ASSIGN_OR_RETURN(std::shared_ptr<const LoraFile> file, impl_->loras->Load(path));
@@ -508,13 +513,21 @@ GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& 
   if (request.init_image) p.denoising_strength = request.strength;
   if (request.clip_skip > 1) p.clip_skip = request.clip_skip;
   if (!loras.empty()) {
-    std::string hashes;
-    for (const LoraInfo& l : loras) {
-      std::string name = l.name;  // A1111 drops ':' and ',' from the name (they would break the list)
+    // A1111's "Lora hashes" (its network extension), and the strengths,
+    // which A1111 keeps in <lora:name:scale> prompt tags instead: sdfarm
+    // takes LoRAs apart from the prompt, so "Lora weights" records them
+    // (A1111 keeps an unknown key as it is).
+    std::string hashes, weights;
+    for (size_t i = 0; i < loras.size(); ++i) {
+      std::string name = loras[i].name;  // A1111 drops ':' and ',' from the name (they would break the list)
       std::erase_if(name, [](char c) { return c == ':' || c == ','; });
-      hashes += (hashes.empty() ? "" : ", ") + name + ": " + l.hash;
+      hashes += (hashes.empty() ? "" : ", ") + name + ": " + loras[i].hash;
+      if (i < request.loras.size()) {
+        weights += (weights.empty() ? "" : ", ") + name + ": " + FormatNumber(request.loras[i].scale);
+      }
     }
     p.extra.push_back({"Lora hashes", hashes});
+    if (!weights.empty()) p.extra.push_back({"Lora weights", weights});
   }
   p.extra.push_back({"Version", std::string(version)});
   return p;

@@ -162,6 +162,12 @@ class Engine {
 
   StatusOr<RenderResult> Render(const RenderRequest& request, const StepCallback& on_step = {}) const;
 
+  // Renders from now on with the VAE at `path` (a diffusers VAE folder or a
+  // single-file VAE, as EngineOptions::vae); "" restores the VAE the model
+  // was loaded with. info() then names it (vae_name, vae_hash). A VAE that
+  // does not fit the model is an error and changes nothing.
+  Status SetVae(const std::string& path);
+
   // Reads (and caches) a LoRA file and checks it against this model: keys
   // that match no module, or shapes that do not fit (naming the first module),
   // are errors. Render calls it for each of a request's LoRAs.
@@ -187,8 +193,9 @@ std::vector<Image> PreviewImages(const at::Tensor& latents);
 // (which Validate rejects) is written as given.
 // A swapped VAE is written as "VAE hash" and "VAE", and `loras` (the
 // LoraInfo of each of the request's LoRAs, in order) as A1111's
-// "Lora hashes: "name: hash, ..."". The prompt is written as given: a
-// `<lora:name:scale>` tag appears only when the user wrote one.
+// "Lora hashes: "name: hash, ..."" and their scales as "Lora weights:
+// "name: scale, ..."". The prompt is written as given: a `<lora:name:scale>`
+// tag appears only when the user wrote one.
 GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& request, const RenderItem& item,
                                    int width, int height, std::string_view version,
                                    const std::vector<LoraInfo>& loras = {});

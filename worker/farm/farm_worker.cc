@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <utility>
@@ -30,6 +31,24 @@ using coordinator::JobQueue;
 using coordinator::QueuedJob;
 
 constexpr char kVersion[] = "sdfarm " SDFARM_VERSION;
+
+// A LoRA or VAE a job names, in this worker's folder for them: the file
+// <dir>/<name>.safetensors, else the diffusers folder <dir>/<name>/. Names
+// were validated by the coordinator (no '/', no leading '.').
+absl::StatusOr<std::string> FindNamedAsset(const std::string& dir, const char* flag, const char* what,
+                                           const std::string& name) {
+  if (dir.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the job asks for ", what, " '", name, "', but this worker has no ", flag));
+  }
+  std::error_code ec;
+  const std::string file = dir + "/" + name + ".safetensors";
+  if (std::filesystem::is_regular_file(file, ec)) return file;
+  const std::string folder = dir + "/" + name;
+  if (std::filesystem::is_directory(folder, ec)) return folder;
+  return absl::NotFoundError(absl::StrCat(what, " '", name, "' is not in ", dir, " (looked for ", file, " and ",
+                                          folder, "/)"));
+}
 
 // Resident set size from /proc/self/statm: the process's memory on a CPU
 // worker. (The engine does not expose CUDA's allocator; on a GPU this is the
@@ -715,7 +734,22 @@ std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const QueuedJob& queu
     }
   }
 
+  // The job's LoRAs and VAE, by name, from this worker's folders.
   engine::RenderRequest whole;
+  for (const LoraUse& l : payload->loras) {
+    absl::StatusOr<std::string> path = FindNamedAsset(options_.lora_dir, "--lora-dir", "LoRA", l.name);
+    if (!path.ok()) return failed(std::string(path.status().message()), true);
+    whole.loras.push_back({*path, l.scale});
+  }
+  {
+    std::string vae_path;
+    if (!payload->vae.empty()) {
+      absl::StatusOr<std::string> path = FindNamedAsset(options_.vae_dir, "--vae-dir", "VAE", payload->vae);
+      if (!path.ok()) return failed(std::string(path.status().message()), true);
+      vae_path = *path;
+    }
+    if (engine::Status s = renderer_->UseVae(vae_path); !s.ok()) return failed(s.message(), true);
+  }
   whole.width = payload->width;
   whole.height = payload->height;
   whole.steps = payload->steps;
@@ -757,7 +791,7 @@ std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const QueuedJob& queu
     for (size_t i = 0; i < req.items.size(); ++i) {
       const engine::Image& image = result->images[i];
       const engine::GenerationParameters params =
-          engine::ParametersFor(info, req, req.items[i], image.width, image.height, kVersion);
+          engine::ParametersFor(info, req, req.items[i], image.width, image.height, kVersion, result->loras);
       auto png = engine::EncodePng(image, {{"parameters", engine::FormatA1111Parameters(params)}});
       if (!png.ok()) return failed(absl::StrCat("encoding the PNG: ", png.status().message()), true);
       v1::FinishedImage fi;

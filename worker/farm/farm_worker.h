@@ -55,6 +55,10 @@ struct FarmWorkerOptions {
   std::string redis_url;  // overrides the one the coordinator hands out
   int batch_size = 4;     // items per engine call
   int previews = 0;       // a preview every N steps; 0: none
+  // Where the LoRAs and VAEs that jobs name are: <dir>/<name>.safetensors or
+  // the folder <dir>/<name>/. Empty: jobs naming one fail (retryable: another
+  // worker may have it).
+  std::string lora_dir, vae_dir;
   // Test hook (SDFARM_TEST_FAIL_PROMPT): a job with a prompt containing this
   // fails, retryable, without rendering. Empty: off.
   std::string fail_prompt;

@@ -24,6 +24,14 @@ class EngineRenderer : public Renderer {
     return engine_->Render(request, on_step);
   }
 
+  engine::Status UseVae(const std::string& path) override {
+    engine::Status s = engine_->SetVae(path);
+    const std::string name = info_.name;
+    info_ = engine_->info();  // the VAE's name and hash
+    info_.name = name;
+    return s;
+  }
+
   std::vector<engine::Image> Previews(const engine::StepInfo& step) const override {
     // The tensor stays incomplete here: binding *latents to a reference needs
     // no definition, and keeps LibTorch's headers out of the farm worker.
@@ -52,6 +60,7 @@ std::string ModelNameFromDir(const std::string& model_dir) {
   if (ec) p = model_dir;
   p = p.lexically_normal();
   if (p.filename().empty()) p = p.parent_path();  // "models/sd15/" -> "models/sd15"
+  if (p.extension() == ".safetensors") return p.stem().string();  // a single-file checkpoint
   return p.filename().string();
 }
 

@@ -34,6 +34,13 @@ class Renderer {
   // Small previews of the images in flight, from inside on_step (one per
   // item; empty when the renderer has none).
   virtual std::vector<engine::Image> Previews(const engine::StepInfo& step) const = 0;
+  // Renders from now on with the VAE at `path` (a diffusers VAE folder or a
+  // single file); "" goes back to the VAE the model was loaded with. info()
+  // then names it. Renderers that cannot swap VAEs refuse any other path.
+  virtual engine::Status UseVae(const std::string& path) {
+    if (path.empty()) return engine::OkStatus();
+    return engine::UnimplementedError("this renderer cannot swap VAEs (asked for " + path + ")");
+  }
 };
 
 // Loads the model in `model_dir` into the engine. `model_name`, when not
@@ -44,7 +51,8 @@ engine::StatusOr<std::unique_ptr<Renderer>> LoadEngineRenderer(const std::string
 
 // The model name a folder gives by default: its last path component, so that
 // "models/sd15/" serves "sd15" as "models/sd15" does (and "." the current
-// folder's name).
+// folder's name); a single file "models/dreamshaper_8.safetensors" serves
+// "dreamshaper_8".
 std::string ModelNameFromDir(const std::string& model_dir);
 
 }  // namespace sdfarm::worker

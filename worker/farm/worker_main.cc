@@ -14,6 +14,7 @@
 #include <cstring>
 #include <ctime>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -41,11 +42,23 @@ void DefineFlags(tools::CliFlags& f) {
   f.SetEnv("token", "SDFARM_WORKER_TOKEN");
   f.Add("tls-ca", "PEM", "CA bundle to verify the coordinator's TLS certificate (default: plaintext)");
   f.SetEnv("tls-ca", "SDFARM_TLS_CA");
-  f.Add("model", "DIR", "diffusers pipeline folder to serve (required unless --engine synthetic:MS)");
+  f.Add("model", "PATH",
+        "the model to serve: a diffusers pipeline folder or a single-file checkpoint (.safetensors) "
+        "(required unless --engine synthetic:MS)");
   f.SetEnv("model", "SDFARM_MODEL");
   f.Add("model-name", "NAME",
         "the model name sweeps ask for, i.e. the queue this worker takes jobs from (default: the folder's "
-        "name; 'synthetic' for the synthetic engine)");
+        "name or the file's stem; 'synthetic' for the synthetic engine)");
+  f.Add("model-config", "DIR", "single file: take its configs, tokenizer and scheduler from this diffusers folder");
+  f.Add("original-config", "YAML", "single file: its original LDM config (default: <file>.yaml beside it)");
+  f.Add("prediction-type", "TYPE", "single file: epsilon or v_prediction, when the file cannot tell");
+  f.AddBool("ema", "single file: use its EMA UNet weights");
+  f.Add("vae", "PATH", "a VAE to use instead of the model's own (diffusers VAE folder or single file)");
+  f.Add("lora-dir", "DIR",
+        "where the LoRAs sweeps name are: <DIR>/<name>.safetensors or the diffusers folder <DIR>/<name>/");
+  f.SetEnv("lora-dir", "SDFARM_LORA_DIR");
+  f.Add("vae-dir", "DIR", "where the VAEs sweeps name are: <DIR>/<name>.safetensors or the folder <DIR>/<name>/");
+  f.SetEnv("vae-dir", "SDFARM_VAE_DIR");
   f.Add("device", "DEV", "cpu, cuda or cuda:N", "cpu");
   f.Add("dtype", "TYPE", "fp32, fp16 or bf16 (default: fp32 on cpu, fp16 on cuda)");
   f.Add("threads", "N", "CPU threads for the engine (0: OMP_NUM_THREADS, else one per core)", "0");
@@ -187,6 +200,13 @@ int Main(int argc, char** argv) {
     return UsageError("--worker-id must be a non-empty name without spaces");
   }
   options.redis_url = flags.Get("redis-url");
+  options.lora_dir = flags.Get("lora-dir");
+  options.vae_dir = flags.Get("vae-dir");
+  for (const char* dir : {"lora-dir", "vae-dir"}) {
+    if (flags.Has(dir) && !std::filesystem::is_directory(flags.Get(dir))) {
+      return UsageError(absl::StrCat("--", dir, " ", flags.Get(dir), " is not a folder"));
+    }
+  }
   if (!options.redis_url.empty()) {
     if (auto r = ParseRedisUrl(options.redis_url); !r.ok()) {
       return UsageError(absl::StrCat("--redis-url: ", r.status().message()));
@@ -212,7 +232,7 @@ int Main(int argc, char** argv) {
     if (!synthetic_options.ok()) return UsageError(synthetic_options.status().message());
     if (flags.Has("model-name")) synthetic_options->model_name = flags.Get("model-name");
   } else if (!flags.Has("model")) {
-    return UsageError("--model DIR is required");
+    return UsageError("--model PATH is required");
   }
   const std::string model_name = flags.Has("model-name") ? flags.Get("model-name")
                                  : synthetic            ? synthetic_options->model_name
@@ -239,6 +259,11 @@ int Main(int argc, char** argv) {
     eo.device = flags.Get("device");
     eo.dtype = flags.Get("dtype");
     eo.threads = static_cast<int>(*threads);
+    eo.model_config = flags.Get("model-config");
+    eo.original_config = flags.Get("original-config");
+    eo.prediction_type = flags.Get("prediction-type");
+    eo.ema = flags.GetBool("ema");
+    eo.vae = flags.Get("vae");
     log(absl::StrCat("loading ", flags.Get("model"), " on ", eo.device, "..."));
     auto loaded = LoadEngineRenderer(flags.Get("model"), eo, model_name);
     if (!loaded.ok()) return Fatal(absl::StrCat("cannot load the model: ", loaded.status().message()));

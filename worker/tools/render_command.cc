@@ -254,7 +254,8 @@ int RunRender(int argc, char** argv) {
                      begin + i, result->dropped_tokens[i]);
       }
       const engine::GenerationParameters p = engine::ParametersFor(
-          info, req, item, result->images[i].width, result->images[i].height, "sdfarm " SDFARM_VERSION);
+          info, req, item, result->images[i].width, result->images[i].height, "sdfarm " SDFARM_VERSION,
+          result->loras);
       const std::string path = out_dir + "/" + FileName(begin + i, item);
       if (auto s = engine::WritePngAtomic(path, result->images[i], {{"parameters", engine::FormatA1111Parameters(p)}});
           !s.ok()) {
