@@ -13,6 +13,8 @@
 #include "worker/engine/engine.h"
 
 namespace sdfarm::engine {
+// single_file_test.cc: tiny-sd-vae-alt's weights written as an LDM VAE file.
+std::string WriteLdmVaeForTest(const std::string& prefix);
 namespace {
 
 using ::sdfarm::testing::GoldenPath;
@@ -98,20 +100,17 @@ RenderRequest RequestFromCase(const nlohmann::json& c, std::map<std::string, at:
   return req;
 }
 
-class PipelineGoldenTest : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(PipelineGoldenTest, MatchesDiffusers) {
-  const std::string file = "pipelines/" + GetParam() + ".safetensors";
+// Renders the case of golden file `file` with `engine` and compares every step.
+void ExpectMatchesGolden(const std::string& file, const Engine& engine) {
   auto g = LoadGolden(file);
   auto meta = LoadGoldenMetadata(file);
   ASSERT_FALSE(g.empty());
   const nlohmann::json c = nlohmann::json::parse(meta.at("case"));
-  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath(c["model"].get<std::string>())));
   RenderRequest req = RequestFromCase(c, g);
 
   std::vector<at::Tensor> steps;
   std::vector<double> timesteps;
-  ASSERT_OK_AND_ASSIGN(RenderResult out, engine->Render(req, [&](const StepInfo& s) {
+  ASSERT_OK_AND_ASSIGN(RenderResult out, engine.Render(req, [&](const StepInfo& s) {
     steps.push_back(s.latents->clone());
     timesteps.push_back(s.timestep);
     return true;
@@ -135,7 +134,109 @@ TEST_P(PipelineGoldenTest, MatchesDiffusers) {
   EXPECT_LE(MaxAbsDiff(pixels.to(at::kInt), g["image_uint8"].to(at::kInt)), 2.0) << "pixels";
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest, ::testing::ValuesIn(GoldenPipelineCases()));
+std::string CaseModel(const std::string& file) {
+  auto meta = LoadGoldenMetadata(file);
+  return nlohmann::json::parse(meta.at("case"))["model"].get<std::string>();
+}
+
+// "folder": the diffusers folder the case names. "single_file": the same model
+// from shared/models/single_file/<model>.safetensors (tiny-sd only), with the
+// folder as --model-config (its text-encoder head count is not in the tensors).
+struct PipelineParam {
+  std::string name, source;
+};
+
+class PipelineGoldenTest : public ::testing::TestWithParam<PipelineParam> {};
+
+TEST_P(PipelineGoldenTest, MatchesDiffusers) {
+  const std::string file = "pipelines/" + GetParam().name + ".safetensors";
+  const std::string model = CaseModel(file);
+  std::unique_ptr<Engine> engine;
+  if (GetParam().source == "folder") {
+    ASSERT_OK_AND_ASSIGN(engine, Engine::Load(ModelPath(model)));
+  } else {
+    ASSERT_OK_AND_ASSIGN(engine, Engine::Load(ModelPath("single_file/" + model + ".safetensors"),
+                                              {.model_config = ModelPath(model)}));
+    EXPECT_TRUE(engine->info().single_file);
+  }
+  ExpectMatchesGolden(file, *engine);
+}
+
+std::vector<PipelineParam> PipelineParams() {
+  std::vector<PipelineParam> out;
+  for (const auto& name : GoldenPipelineCases()) {
+    out.push_back({name, "folder"});
+    // The cases the golden README lists for tiny-sd.safetensors.
+    if (name.rfind("sd_", 0) == 0 || name.rfind("img2img_", 0) == 0) out.push_back({name, "single_file"});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest, ::testing::ValuesIn(PipelineParams()),
+                         [](const ::testing::TestParamInfo<PipelineParam>& info) {
+                           return info.param.name + "_" + info.param.source;
+                         });
+
+// single_file/: the fp16 checkpoints, through --model-config and through the LDM yaml.
+TEST(SingleFileGolden, Sd15EmaFileDefaultWeightsWithModelConfig) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-ema.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd")}));
+  ExpectMatchesGolden("single_file/sf_sd15_ema_fp16_default.safetensors", *engine);
+}
+
+// The golden loader: from_single_file(original_config_file=yaml, text_encoder=<tiny-sd config>, tokenizer=...):
+// the yaml gives UNet, VAE and scheduler; the folder only the text encoder and tokenizer.
+TEST(SingleFileGolden, Sd15EmaFileDefaultWeightsWithYaml) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-ema.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd"),
+                                                  .original_config = ModelPath("single_file/v1-inference-tiny.yaml")}));
+  ExpectMatchesGolden("single_file/sf_sd15_ema_fp16_default.safetensors", *engine);
+}
+
+TEST(SingleFileGolden, Sd2FileWithModelConfig) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-v2.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd-v2")}));
+  EXPECT_EQ(engine->info().default_sampler, "ddim");
+  EXPECT_EQ(engine->info().prediction_type, "v_prediction");
+  ExpectMatchesGolden("single_file/sf_sd2_fp16_ddim_vpred.safetensors", *engine);
+}
+
+TEST(SingleFileGolden, Sd2FileWithYaml) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-v2.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd-v2"),
+                                                  .original_config = ModelPath("single_file/v2-inference-v-tiny.yaml")}));
+  EXPECT_EQ(engine->info().prediction_type, "v_prediction");  // parameterization: v
+  ExpectMatchesGolden("single_file/sf_sd2_fp16_ddim_vpred.safetensors", *engine);
+}
+
+TEST(SingleFileGolden, Sd2FileWithYamlAndPredictionTypeFlag) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-v2.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd-v2"),
+                                                  .original_config = ModelPath("single_file/v2-inference-v-tiny.yaml"),
+                                                  .prediction_type = "v_prediction"}));
+  ExpectMatchesGolden("single_file/sf_sd2_fp16_ddim_vpred.safetensors", *engine);
+}
+
+// vae_swap/: tiny-sd with tiny-sd-vae-alt, as a folder and as an LDM single-file VAE.
+TEST(VaeSwapGolden, DiffusersVaeFolder) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("tiny-sd"), {.vae = ModelPath("tiny-sd-vae-alt")}));
+  ExpectMatchesGolden("vae_swap/vae_swap_sd15_pndm.safetensors", *engine);
+}
+
+TEST(VaeSwapGolden, LdmSingleFileVae) {
+  for (const std::string prefix : {"", "first_stage_model."}) {
+    ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("tiny-sd"), {.vae = WriteLdmVaeForTest(prefix)}));
+    EXPECT_EQ(engine->info().vae_name, "alt-vae");
+    ExpectMatchesGolden("vae_swap/vae_swap_sd15_pndm.safetensors", *engine);
+  }
+}
+
+TEST(VaeSwapGolden, SingleFileModelWithVaeFolder) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd"),
+                                                  .vae = ModelPath("tiny-sd-vae-alt")}));
+  ExpectMatchesGolden("vae_swap/vae_swap_sd15_pndm.safetensors", *engine);
+}
 
 TEST(PipelineGolden, AllCasesArePresent) {
   // The cases above are discovered from the folder; an empty folder must fail, not pass.

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "common/status_macros.h"
 #include "worker/engine/model_loader.h"
 #include "worker/engine/scheduler.h"
+#include "worker/engine/single_file.h"
 #include "worker/engine/weights.h"
 
 namespace sdfarm::engine {
@@ -137,6 +139,53 @@ void ConfigureCpu(int threads) {
   });
 }
 
+// A diffusers folder or a single-file checkpoint, then the --vae swap.
+StatusOr<std::unique_ptr<StableDiffusionModel>> LoadModel(const std::string& path, const EngineOptions& options,
+                                                          const at::Device& device, at::ScalarType dtype) {
+  std::error_code ec;
+  const bool folder = std::filesystem::is_directory(path, ec);
+  std::unique_ptr<StableDiffusionModel> model;
+  if (folder) {
+    if (!options.model_config.empty() || !options.original_config.empty() || options.ema) {
+      return InvalidArgumentError(path + " is a diffusers folder: --model-config, --original-config and --ema apply "
+                                  "to single-file checkpoints only");
+    }
+    ASSIGN_OR_RETURN(model, LoadStableDiffusion(path, device, dtype));
+    if (!options.prediction_type.empty()) {
+      if (options.prediction_type != "epsilon" && options.prediction_type != "v_prediction") {
+        return InvalidArgumentError("unknown prediction type '" + options.prediction_type +
+                                    "' (epsilon or v_prediction)");
+      }
+      model->scheduler_config.prediction_type = options.prediction_type;
+    }
+  } else if (IsPickleCheckpoint(path)) {
+    return PickleRefusal(path);
+  } else if (std::filesystem::is_regular_file(path, ec)) {
+    SingleFileOptions sf;
+    sf.model_config = options.model_config;
+    sf.original_config = options.original_config;
+    sf.prediction_type = options.prediction_type;
+    sf.ema = options.ema;
+    ASSIGN_OR_RETURN(model, LoadSingleFile(path, sf, device, dtype));
+  } else {
+    return NotFoundError("model " + path + " does not exist (a diffusers folder or a .safetensors checkpoint)");
+  }
+  if (!options.vae.empty()) {
+    const at::ScalarType vae_dtype = dtype == at::kHalf ? at::kFloat : dtype;  // SD VAEs force_upcast
+    ASSIGN_OR_RETURN(ExternalVae vae, LoadExternalVae(options.vae, model->vae->config(), model->unet->config(),
+                                                      device, vae_dtype));
+    model->vae_dtype = (dtype == at::kHalf && vae.vae->config().force_upcast) ? at::kFloat : dtype;
+    if (model->vae_dtype != vae_dtype) {
+      ASSIGN_OR_RETURN(vae, LoadExternalVae(options.vae, model->vae->config(), model->unet->config(), device,
+                                            model->vae_dtype));
+    }
+    model->vae = std::move(vae.vae);
+    model->vae_name = vae.name;
+    model->vae_hash = vae.hash;
+  }
+  return model;
+}
+
 }  // namespace
 
 struct Engine::Impl {
@@ -169,16 +218,15 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
     if (options.threads < 0) return InvalidArgumentError("threads must be >= 0");
     if (device.is_cpu() || options.threads > 0) ConfigureCpu(options.threads);
 
-    if (!options.model_config.empty() || !options.original_config.empty() || !options.prediction_type.empty() ||
-        options.ema || !options.vae.empty()) {
-      return UnimplementedError("single-file options and --vae are not implemented yet");
-    }
-    ASSIGN_OR_RETURN(auto model, LoadStableDiffusion(model_dir, device, dtype));
+    ASSIGN_OR_RETURN(auto model, LoadModel(model_dir, options, device, dtype));
     auto impl = std::make_unique<Impl>();
     ModelInfo& info = impl->info;
     info.dir = model->dir;
     info.name = model->name;
     info.hash = model->hash;
+    info.single_file = model->single_file;
+    info.vae_name = model->vae_name;
+    info.vae_hash = model->vae_hash;
     info.device = device.str();
     info.dtype = DtypeName(dtype);
     const auto& uc = model->unet->config();
@@ -483,6 +531,10 @@ GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& 
   p.model = model.name;
   if (request.init_image) p.denoising_strength = request.strength;
   if (request.clip_skip > 1) p.clip_skip = request.clip_skip;
+  if (!model.vae_hash.empty()) {  // A1111 names a swapped VAE
+    p.extra.push_back({"VAE hash", model.vae_hash});
+    p.extra.push_back({"VAE", model.vae_name});
+  }
   p.extra.push_back({"Version", std::string(version)});
   return p;
 }
