@@ -145,6 +145,7 @@ std::string CaseModel(const std::string& file) {
 struct PipelineParam {
   std::string name, source;
 };
+void PrintTo(const PipelineParam& p, std::ostream* os) { *os << p.name << " (" << p.source << ")"; }
 
 class PipelineGoldenTest : public ::testing::TestWithParam<PipelineParam> {};
 

@@ -876,7 +876,7 @@ StatusOr<ExternalVae> LoadExternalVae(const std::string& path, const VaeConfig& 
       cfg = model_vae;
       source = TensorSource::FromFile(file);
     } else {
-      ASSIGN_OR_RETURN(VaeDims d, VaeDimsFromTensors(shapes, path));
+      ASSIGN_OR_RETURN(VaeDims d, VaeDimsFromTensors(shapes, "VAE " + path));
       ASSIGN_OR_RETURN(VaeConfig inferred,
                        VaeConfig::FromJson(VaeJson(d, model_vae.sample_size, 0.18215), path + " (VAE config)"));
       const bool same = inferred.block_out_channels == model_vae.block_out_channels &&
