@@ -3,8 +3,6 @@
 // images per prompt, non-square sizes, SD 2.x v-prediction) rebuilt from the
 // case description in the file's metadata and rendered by the engine:
 // initial latents equal, final latents within 1e-3, pixels within 2/255.
-// Also the hubcfg/ cases: the same models with configs holding only the keys
-// of the real SD 1.5 / 2.1 hub files (every other key takes diffusers' default).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -15,6 +13,8 @@
 #include "worker/engine/engine.h"
 
 namespace sdfarm::engine {
+// single_file_test.cc: tiny-sd-vae-alt's weights written as an LDM VAE file.
+std::string WriteLdmVaeForTest(const std::string& prefix);
 namespace {
 
 using ::sdfarm::testing::GoldenPath;
@@ -23,12 +23,11 @@ using ::sdfarm::testing::LoadGoldenMetadata;
 using ::sdfarm::testing::MaxAbsDiff;
 using ::sdfarm::testing::ModelPath;
 
-// "group/name" of every case in golden/<group>/.
-std::vector<std::string> GoldenPipelineCases(const std::string& group) {
+std::vector<std::string> GoldenPipelineCases(const std::string& group = "pipelines") {
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(std::string(SDFARM_SHARED_DIR) + "/golden/" + group, ec)) {
-    if (e.path().extension() == ".safetensors") names.push_back(group + "/" + e.path().stem().string());
+    if (e.path().extension() == ".safetensors") names.push_back(e.path().stem().string());
   }
   std::sort(names.begin(), names.end());
   return names;
@@ -101,20 +100,17 @@ RenderRequest RequestFromCase(const nlohmann::json& c, std::map<std::string, at:
   return req;
 }
 
-class PipelineGoldenTest : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(PipelineGoldenTest, MatchesDiffusers) {
-  const std::string file = GetParam() + ".safetensors";
+// Renders the case of golden file `file` with `engine` and compares every step.
+void ExpectMatchesGolden(const std::string& file, const Engine& engine) {
   auto g = LoadGolden(file);
   auto meta = LoadGoldenMetadata(file);
   ASSERT_FALSE(g.empty());
   const nlohmann::json c = nlohmann::json::parse(meta.at("case"));
-  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath(c["model"].get<std::string>())));
   RenderRequest req = RequestFromCase(c, g);
 
   std::vector<at::Tensor> steps;
   std::vector<double> timesteps;
-  ASSERT_OK_AND_ASSIGN(RenderResult out, engine->Render(req, [&](const StepInfo& s) {
+  ASSERT_OK_AND_ASSIGN(RenderResult out, engine.Render(req, [&](const StepInfo& s) {
     steps.push_back(s.latents->clone());
     timesteps.push_back(s.timestep);
     return true;
@@ -138,16 +134,125 @@ TEST_P(PipelineGoldenTest, MatchesDiffusers) {
   EXPECT_LE(MaxAbsDiff(pixels.to(at::kInt), g["image_uint8"].to(at::kInt)), 2.0) << "pixels";
 }
 
-std::string CaseName(const ::testing::TestParamInfo<std::string>& info) {
-  return info.param.substr(info.param.find('/') + 1);
+std::string CaseModel(const std::string& file) {
+  auto meta = LoadGoldenMetadata(file);
+  return nlohmann::json::parse(meta.at("case"))["model"].get<std::string>();
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest, ::testing::ValuesIn(GoldenPipelineCases("pipelines")), CaseName);
-INSTANTIATE_TEST_SUITE_P(HubConfigs, PipelineGoldenTest, ::testing::ValuesIn(GoldenPipelineCases("hubcfg")),
-                         CaseName);
+// "folder": the diffusers folder the case names. "single_file": the same model
+// from shared/models/single_file/<model>.safetensors (tiny-sd only), with the
+// folder as --model-config (its text-encoder head count is not in the tensors).
+struct PipelineParam {
+  std::string group, name, source;
+};
+void PrintTo(const PipelineParam& p, std::ostream* os) {
+  *os << p.group << "/" << p.name << " (" << p.source << ")";
+}
+
+class PipelineGoldenTest : public ::testing::TestWithParam<PipelineParam> {};
+
+TEST_P(PipelineGoldenTest, MatchesDiffusers) {
+  const std::string file = GetParam().group + "/" + GetParam().name + ".safetensors";
+  const std::string model = CaseModel(file);
+  std::unique_ptr<Engine> engine;
+  if (GetParam().source == "folder") {
+    ASSERT_OK_AND_ASSIGN(engine, Engine::Load(ModelPath(model)));
+  } else {
+    // The weights of tiny-sd-hubcfg are tiny-sd's.
+    const std::string weights = model.substr(0, model.find("-hubcfg"));
+    ASSERT_OK_AND_ASSIGN(engine, Engine::Load(ModelPath("single_file/" + weights + ".safetensors"),
+                                              {.model_config = ModelPath(model)}));
+    EXPECT_TRUE(engine->info().single_file);
+  }
+  ExpectMatchesGolden(file, *engine);
+}
+
+std::vector<PipelineParam> PipelineParams() {
+  std::vector<PipelineParam> out;
+  for (const auto& name : GoldenPipelineCases("pipelines")) {
+    out.push_back({"pipelines", name, "folder"});
+    // The cases the golden README lists for tiny-sd.safetensors.
+    if (name.rfind("sd_", 0) == 0 || name.rfind("img2img_", 0) == 0) {
+      out.push_back({"pipelines", name, "single_file"});
+    }
+  }
+  // hubcfg/: the same weights under configs with only the real hub files'
+  // keys; hubcfg_sd15_* also from tiny-sd.safetensors with those configs.
+  for (const auto& name : GoldenPipelineCases("hubcfg")) {
+    out.push_back({"hubcfg", name, "folder"});
+    if (name.rfind("hubcfg_sd15_", 0) == 0) out.push_back({"hubcfg", name, "single_file"});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest, ::testing::ValuesIn(PipelineParams()),
+                         [](const ::testing::TestParamInfo<PipelineParam>& info) {
+                           return info.param.name + "_" + info.param.source;
+                         });
+
+// single_file/: the fp16 checkpoints, through --model-config and through the LDM yaml.
+TEST(SingleFileGolden, Sd15EmaFileDefaultWeightsWithModelConfig) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-ema.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd")}));
+  ExpectMatchesGolden("single_file/sf_sd15_ema_fp16_default.safetensors", *engine);
+}
+
+// The golden loader: from_single_file(original_config_file=yaml, text_encoder=<tiny-sd config>, tokenizer=...):
+// the yaml gives UNet, VAE and scheduler; the folder only the text encoder and tokenizer.
+TEST(SingleFileGolden, Sd15EmaFileDefaultWeightsWithYaml) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-ema.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd"),
+                                                  .original_config = ModelPath("single_file/v1-inference-tiny.yaml")}));
+  ExpectMatchesGolden("single_file/sf_sd15_ema_fp16_default.safetensors", *engine);
+}
+
+TEST(SingleFileGolden, Sd2FileWithModelConfig) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-v2.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd-v2")}));
+  EXPECT_EQ(engine->info().default_sampler, "ddim");
+  EXPECT_EQ(engine->info().prediction_type, "v_prediction");
+  ExpectMatchesGolden("single_file/sf_sd2_fp16_ddim_vpred.safetensors", *engine);
+}
+
+TEST(SingleFileGolden, Sd2FileWithYaml) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-v2.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd-v2"),
+                                                  .original_config = ModelPath("single_file/v2-inference-v-tiny.yaml")}));
+  EXPECT_EQ(engine->info().prediction_type, "v_prediction");  // parameterization: v
+  ExpectMatchesGolden("single_file/sf_sd2_fp16_ddim_vpred.safetensors", *engine);
+}
+
+TEST(SingleFileGolden, Sd2FileWithYamlAndPredictionTypeFlag) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd-v2.fp16.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd-v2"),
+                                                  .original_config = ModelPath("single_file/v2-inference-v-tiny.yaml"),
+                                                  .prediction_type = "v_prediction"}));
+  ExpectMatchesGolden("single_file/sf_sd2_fp16_ddim_vpred.safetensors", *engine);
+}
+
+// vae_swap/: tiny-sd with tiny-sd-vae-alt, as a folder and as an LDM single-file VAE.
+TEST(VaeSwapGolden, DiffusersVaeFolder) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("tiny-sd"), {.vae = ModelPath("tiny-sd-vae-alt")}));
+  ExpectMatchesGolden("vae_swap/vae_swap_sd15_pndm.safetensors", *engine);
+}
+
+TEST(VaeSwapGolden, LdmSingleFileVae) {
+  for (const std::string prefix : {"", "first_stage_model."}) {
+    ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("tiny-sd"), {.vae = WriteLdmVaeForTest(prefix)}));
+    EXPECT_EQ(engine->info().vae_name, "alt-vae");
+    ExpectMatchesGolden("vae_swap/vae_swap_sd15_pndm.safetensors", *engine);
+  }
+}
+
+TEST(VaeSwapGolden, SingleFileModelWithVaeFolder) {
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(ModelPath("single_file/tiny-sd.safetensors"),
+                                                 {.model_config = ModelPath("tiny-sd"),
+                                                  .vae = ModelPath("tiny-sd-vae-alt")}));
+  ExpectMatchesGolden("vae_swap/vae_swap_sd15_pndm.safetensors", *engine);
+}
 
 TEST(PipelineGolden, AllCasesArePresent) {
-  // The cases above are discovered from the folders; an empty folder must fail, not pass.
+  // The cases above are discovered from the folder; an empty folder must fail, not pass.
   EXPECT_GE(GoldenPipelineCases("pipelines").size(), 15u) << GoldenPath("pipelines");
   EXPECT_GE(GoldenPipelineCases("hubcfg").size(), 2u) << GoldenPath("hubcfg");
 }

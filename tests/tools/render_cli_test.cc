@@ -14,6 +14,7 @@
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
 #include "worker/engine/safetensors.h"
+#include "worker/engine/sha256.h"
 #include "worker/tools/render_command.h"
 
 namespace sdfarm::tools {
@@ -343,6 +344,108 @@ TEST(MkModelCli, WritesALoadableRandomModelFromConfigs) {
   ProcessRun rr = Render({"--model", out, "--prompt", "x", "--steps", "2", "--dtype", "bf16", "--out", imgs, "--quiet"});
   ASSERT_EQ(rr.exit_code, 0) << rr.output;
   EXPECT_EQ(Pngs(imgs).size(), 1u);
+}
+
+// Single-file checkpoints and --vae, end to end.
+std::string ExtraValue(const engine::GenerationParameters& p, const std::string& key) {
+  for (const auto& [k, v] : p.extra) {
+    if (k == key) return v;
+  }
+  return "";
+}
+
+TEST(RenderCli, SingleFileCheckpointMatchesDiffusers) {
+  auto g = LoadGolden("pipelines/sd_pndm_astronaut.safetensors");
+  const std::string file = ModelPath("single_file/tiny-sd.safetensors");
+  const std::string out = MakeTempDir();
+  ProcessRun r = Render({"--model", file, "--model-config", ModelPath("tiny-sd"), "--prompt",
+                         "a photograph of an astronaut riding a horse", "--seed", "0", "--steps", "15", "--width",
+                         "64", "--height", "64", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto files = Pngs(out);
+  ASSERT_EQ(files.size(), 1u) << r.output;
+  ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+  EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0);
+  ASSERT_OK_AND_ASSIGN(auto text, engine::ReadPngText(files[0]));
+  ASSERT_OK_AND_ASSIGN(engine::GenerationParameters p, engine::ParseA1111Parameters(text.at(0).second));
+  ASSERT_OK_AND_ASSIGN(std::string sha, engine::Sha256File(file));
+  EXPECT_EQ(p.model_hash, sha.substr(0, 10));
+  EXPECT_EQ(p.model, "tiny-sd");
+}
+
+TEST(RenderCli, Sd2SingleFileWithOriginalConfig) {
+  auto g = LoadGolden("single_file/sf_sd2_fp16_ddim_vpred.safetensors");
+  const std::string out = MakeTempDir();
+  ProcessRun r = Render({"--model", ModelPath("single_file/tiny-sd-v2.fp16.safetensors"), "--original-config",
+                         ModelPath("single_file/v2-inference-v-tiny.yaml"), "--model-config", ModelPath("tiny-sd-v2"),
+                         "--sampler", "ddim", "--prompt", "a professional photograph of a mountain lake at sunrise",
+                         "--seed", "33", "--steps", "10", "--width", "64", "--height", "64", "--out", out, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto files = Pngs(out);
+  ASSERT_EQ(files.size(), 1u) << r.output;
+  ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+  EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0);
+}
+
+TEST(RenderCli, VaeFlagSwapsTheVaeAndIsRecorded) {
+  auto g = LoadGolden("vae_swap/vae_swap_sd15_pndm.safetensors");
+  const std::string out = MakeTempDir();
+  ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--vae", ModelPath("tiny-sd-vae-alt"), "--prompt",
+                         "a photograph of an astronaut riding a horse", "--seed", "44", "--steps", "10", "--width",
+                         "64", "--height", "64", "--out", out, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto files = Pngs(out);
+  ASSERT_EQ(files.size(), 1u) << r.output;
+  ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+  EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0);
+  ASSERT_OK_AND_ASSIGN(auto text, engine::ReadPngText(files[0]));
+  ASSERT_OK_AND_ASSIGN(engine::GenerationParameters p, engine::ParseA1111Parameters(text.at(0).second));
+  ASSERT_OK_AND_ASSIGN(std::string sha, engine::Sha256File(ModelPath("tiny-sd-vae-alt/diffusion_pytorch_model.safetensors")));
+  EXPECT_EQ(ExtraValue(p, "VAE hash"), sha.substr(0, 10));
+  EXPECT_EQ(ExtraValue(p, "VAE"), "tiny-sd-vae-alt");
+}
+
+// Each bad input: exit code != 0, a message that says what is wrong, no PNG.
+TEST(RenderCli, BadSingleFileInputsFailWithoutOutput) {
+  const std::string tmp = MakeTempDir();
+  const std::string ckpt = tmp + "/model.ckpt";
+  std::ofstream(ckpt) << "pickle bytes";
+  const std::string cut = tmp + "/cut.safetensors";
+  {
+    std::ifstream in(ModelPath("single_file/tiny-sd.safetensors"), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(cut, std::ios::binary) << bytes.substr(0, bytes.size() / 3);
+  }
+  const std::string tiny = ModelPath("tiny-sd");
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {{"--model", ckpt}, "pickle"},
+      {{"--model", cut, "--model-config", tiny}, "truncated"},
+      {{"--model", ModelPath("single_file/tiny-sd-v2.fp16.safetensors")}, "--prediction-type"},
+      {{"--model", ModelPath("single_file/tiny-sd.safetensors"), "--model-config", tiny, "--ema"}, "no EMA weights"},
+      {{"--model", tiny, "--vae", ModelPath("tiny-sd/unet/diffusion_pytorch_model.safetensors")}, "not an LDM VAE"},
+  };
+  for (const Case& c : cases) {
+    const std::string out = MakeTempDir();
+    std::vector<std::string> args = c.args;
+    for (const char* a : {"--prompt", "x", "--steps", "2", "--quiet", "--out"}) args.push_back(a);
+    args.push_back(out);
+    ProcessRun r = Render(args);
+    EXPECT_NE(r.exit_code, 0) << c.expect;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << r.output;
+    EXPECT_TRUE(Pngs(out).empty()) << c.expect;
+  }
+}
+
+TEST(RenderCli, HelpMentionsSingleFilesAndVae) {
+  ProcessRun r = Render({"--help"});
+  ASSERT_EQ(r.exit_code, 0);
+  for (const char* flag : {"--model-config", "--original-config", "--prediction-type", "--ema", "--vae", ".safetensors"}) {
+    EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
+  }
 }
 
 }  // namespace

@@ -235,7 +235,7 @@ ClipTokenizer::ClipTokenizer(ClipTokenizer&&) noexcept = default;
 ClipTokenizer& ClipTokenizer::operator=(ClipTokenizer&&) noexcept = default;
 ClipTokenizer::~ClipTokenizer() = default;
 
-StatusOr<ClipTokenizer> ClipTokenizer::Load(const std::string& tokenizer_dir) {
+StatusOr<ClipTokenizer> ClipTokenizer::Load(const std::string& tokenizer_dir, const std::string& pad_token) {
   const fs::path dir(tokenizer_dir);
   ClipTokenizer tok;
 
@@ -334,6 +334,11 @@ StatusOr<ClipTokenizer> ClipTokenizer::Load(const std::string& tokenizer_dir) {
   if (fs::exists(map_path, ec)) {
     ASSIGN_OR_RETURN(json map, ReadJsonObject(map_path));
     RETURN_IF_ERROR(specials.Apply(map, map_path));
+  }
+  if (!pad_token.empty()) {
+    for (auto& [name, value] : specials.named) {
+      if (name == "pad_token") value = pad_token;
+    }
   }
 
   // Every special token is kept whole when written in a prompt; one missing

@@ -42,7 +42,9 @@ class ClipTokenizer {
   // special_tokens_map.json if present (its entries override the config's, as
   // in from_pretrained). NotFound when a required file is missing, DataLoss
   // (naming the file) when one is malformed.
-  static StatusOr<ClipTokenizer> Load(const std::string& tokenizer_dir);
+  // `pad_token`, when not empty, replaces the files' pad token (SD 2.x
+  // single-file checkpoints pad with "!" using the SD 1.x tokenizer files).
+  static StatusOr<ClipTokenizer> Load(const std::string& tokenizer_dir, const std::string& pad_token = "");
 
   ClipTokenizer(ClipTokenizer&&) noexcept;
   ClipTokenizer& operator=(ClipTokenizer&&) noexcept;

@@ -2,6 +2,7 @@
 // vae/) from its config.json and weights file, and the weight-file lookup
 // shared with the whole-model loader (model_loader.h).
 //
+// Text encoders with or without the "text_model." prefix load alike.
 // Weights may be fp32, fp16 or bf16, in the plain files or the
 // `*.fp16.safetensors` variants (preferred when loading in fp16, used as a
 // fallback otherwise). Each module is built from its config.json and must
@@ -15,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "worker/engine/tensor_source.h"
 #include "worker/engine/text_encoder.h"
 #include "worker/engine/unet.h"
 #include "worker/engine/vae.h"
@@ -27,19 +29,32 @@ namespace sdfarm::engine {
 StatusOr<std::string> FindWeightsFile(const std::string& component_dir, const std::string& base,
                                       const std::string& preferred_variant);
 
-// `params`, when given, receives every parameter name -> the loaded module's
-// tensor (LoRA merging, lora.h); the pointers live as long as the module.
+// Parameter name -> the loaded module's tensor (LoRA merging, lora.h); the
+// pointers live as long as the module. Filled when a loader is given one.
+using NamedParams = std::map<std::string, at::Tensor*>;
+
 StatusOr<std::unique_ptr<ClipTextModel>> LoadTextEncoder(const std::string& component_dir, const at::Device& device,
-                                                         at::ScalarType dtype,
-                                                         std::map<std::string, at::Tensor*>* params = nullptr);
+                                                         at::ScalarType dtype, NamedParams* params = nullptr);
 StatusOr<std::unique_ptr<UNet>> LoadUNet(const std::string& component_dir, const at::Device& device,
-                                         at::ScalarType dtype, std::map<std::string, at::Tensor*>* params = nullptr);
+                                         at::ScalarType dtype, NamedParams* params = nullptr);
 StatusOr<std::unique_ptr<Vae>> LoadVae(const std::string& component_dir, const at::Device& device,
                                        at::ScalarType dtype);
 
-// 64-bit content hash (XXH64) of a file, streamed; chained through `seed`
-// over a model's weight files to give its model hash.
-StatusOr<uint64_t> HashFile(const std::string& path, uint64_t seed = 0);
+// The same networks from a config and any tensor source (tensor_source.h),
+// e.g. the renamed parts of a single-file checkpoint.
+StatusOr<std::unique_ptr<ClipTextModel>> MakeTextEncoder(ClipTextConfig config, const TensorSource& source,
+                                                         const at::Device& device, at::ScalarType dtype,
+                                                         NamedParams* params = nullptr);
+StatusOr<std::unique_ptr<UNet>> MakeUNet(UNetConfig config, const TensorSource& source, const at::Device& device,
+                                         at::ScalarType dtype, NamedParams* params = nullptr);
+StatusOr<std::unique_ptr<Vae>> MakeVae(VaeConfig config, const TensorSource& source, const at::Device& device,
+                                       at::ScalarType dtype);
+
+// Text encoders saved by transformers 5 (and old CLIP exports) name their
+// tensors without the "text_model." prefix ("embeddings.token_embedding.weight",
+// "encoder.layers.0...", "final_layer_norm..."): this adds it when the source
+// has that layout, and returns any other source unchanged.
+StatusOr<TensorSource> WithTextModelPrefix(TensorSource source);
 
 }  // namespace sdfarm::engine
 

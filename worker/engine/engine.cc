@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -22,6 +23,7 @@
 #include "worker/engine/lora.h"
 #include "worker/engine/model_loader.h"
 #include "worker/engine/scheduler.h"
+#include "worker/engine/single_file.h"
 #include "worker/engine/weights.h"
 
 namespace sdfarm::engine {
@@ -138,11 +140,71 @@ void ConfigureCpu(int threads) {
   });
 }
 
+// The VAE at `path` for `model` (whose own VAE is `base`), in the precision
+// the model runs its VAE in: float32 for fp16 models when the VAE's config
+// asks for force_upcast, as diffusers' pipelines do.
+StatusOr<ExternalVae> LoadVaeFor(const StableDiffusionModel& model, const Vae& base, const std::string& path) {
+  const at::ScalarType dtype = model.dtype;
+  const at::ScalarType upcast = dtype == at::kHalf ? at::kFloat : dtype;  // SD VAEs force_upcast
+  ASSIGN_OR_RETURN(ExternalVae vae, LoadExternalVae(path, base.config(), model.unet->config(), model.device, upcast));
+  const at::ScalarType wanted = (dtype == at::kHalf && vae.vae->config().force_upcast) ? at::kFloat : dtype;
+  if (wanted != upcast) {
+    ASSIGN_OR_RETURN(vae, LoadExternalVae(path, base.config(), model.unet->config(), model.device, wanted));
+  }
+  return vae;
+}
+
+// A diffusers folder or a single-file checkpoint, then the --vae swap.
+StatusOr<std::unique_ptr<StableDiffusionModel>> LoadModel(const std::string& path, const EngineOptions& options,
+                                                          const at::Device& device, at::ScalarType dtype) {
+  std::error_code ec;
+  const bool folder = std::filesystem::is_directory(path, ec);
+  std::unique_ptr<StableDiffusionModel> model;
+  if (folder) {
+    if (!options.model_config.empty() || !options.original_config.empty() || options.ema) {
+      return InvalidArgumentError(path + " is a diffusers folder: --model-config, --original-config and --ema apply "
+                                  "to single-file checkpoints only");
+    }
+    ASSIGN_OR_RETURN(model, LoadStableDiffusion(path, device, dtype));
+    if (!options.prediction_type.empty()) {
+      if (options.prediction_type != "epsilon" && options.prediction_type != "v_prediction") {
+        return InvalidArgumentError("unknown prediction type '" + options.prediction_type +
+                                    "' (epsilon or v_prediction)");
+      }
+      model->scheduler_config.prediction_type = options.prediction_type;
+    }
+  } else if (IsPickleCheckpoint(path)) {
+    return PickleRefusal(path);
+  } else if (std::filesystem::is_regular_file(path, ec)) {
+    SingleFileOptions sf;
+    sf.model_config = options.model_config;
+    sf.original_config = options.original_config;
+    sf.prediction_type = options.prediction_type;
+    sf.ema = options.ema;
+    ASSIGN_OR_RETURN(model, LoadSingleFile(path, sf, device, dtype));
+  } else {
+    return NotFoundError("model " + path + " does not exist (a diffusers folder or a .safetensors checkpoint)");
+  }
+  if (!options.vae.empty()) {
+    ASSIGN_OR_RETURN(ExternalVae vae, LoadVaeFor(*model, *model->vae, options.vae));
+    model->vae_dtype = (dtype == at::kHalf && vae.vae->config().force_upcast) ? at::kFloat : dtype;
+    model->vae = std::move(vae.vae);
+    model->vae_name = vae.name;
+    model->vae_hash = vae.hash;
+  }
+  return model;
+}
+
 }  // namespace
 
 struct Engine::Impl {
   std::unique_ptr<StableDiffusionModel> model;
   ModelInfo info;
+  // SetVae: the VAE the model was loaded with while another one is in use.
+  std::unique_ptr<Vae> loaded_vae;
+  at::ScalarType loaded_vae_dtype = at::kFloat;
+  std::string loaded_vae_name, loaded_vae_hash;
+  std::string vae_path;  // SetVae's current path ("": the loaded VAE)
   std::unique_ptr<LoraMerger> loras;  // the LoRA file cache and the set merged into `model` now
 };
 
@@ -171,16 +233,15 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
     if (options.threads < 0) return InvalidArgumentError("threads must be >= 0");
     if (device.is_cpu() || options.threads > 0) ConfigureCpu(options.threads);
 
-    if (!options.model_config.empty() || !options.original_config.empty() || !options.prediction_type.empty() ||
-        options.ema || !options.vae.empty()) {
-      return UnimplementedError("single-file options and --vae are not implemented yet");
-    }
-    ASSIGN_OR_RETURN(auto model, LoadStableDiffusion(model_dir, device, dtype));
+    ASSIGN_OR_RETURN(auto model, LoadModel(model_dir, options, device, dtype));
     auto impl = std::make_unique<Impl>();
     ModelInfo& info = impl->info;
     info.dir = model->dir;
     info.name = model->name;
     info.hash = model->hash;
+    info.single_file = model->single_file;
+    info.vae_name = model->vae_name;
+    info.vae_hash = model->vae_hash;
     info.device = device.str();
     info.dtype = DtypeName(dtype);
     const auto& uc = model->unet->config();
@@ -200,8 +261,37 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
 }
 
 Status Engine::SetVae(const std::string& path) {
-  if (path.empty()) return OkStatus();
-  return UnimplementedError("swapping the VAE is not implemented yet: " + path);
+  Impl& impl = *impl_;
+  StableDiffusionModel& m = *impl.model;
+  if (path == impl.vae_path) return OkStatus();
+  try {
+    c10::InferenceMode guard;
+    if (path.empty()) {
+      m.vae = std::move(impl.loaded_vae);
+      m.vae_dtype = impl.loaded_vae_dtype;
+      m.vae_name = impl.loaded_vae_name;
+      m.vae_hash = impl.loaded_vae_hash;
+    } else {
+      const Vae& base = impl.loaded_vae ? *impl.loaded_vae : *m.vae;
+      ASSIGN_OR_RETURN(ExternalVae vae, LoadVaeFor(m, base, path));
+      if (!impl.loaded_vae) {
+        impl.loaded_vae = std::move(m.vae);
+        impl.loaded_vae_dtype = m.vae_dtype;
+        impl.loaded_vae_name = m.vae_name;
+        impl.loaded_vae_hash = m.vae_hash;
+      }
+      m.vae_dtype = (m.dtype == at::kHalf && vae.vae->config().force_upcast) ? at::kFloat : m.dtype;
+      m.vae = std::move(vae.vae);
+      m.vae_name = vae.name;
+      m.vae_hash = vae.hash;
+    }
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "loading the VAE " + path);
+  }
+  impl.vae_path = path;
+  impl.info.vae_name = m.vae_name;
+  impl.info.vae_hash = m.vae_hash;
+  return OkStatus();
 }
 
 StatusOr<LoraInfo> Engine::LoadLora(const std::string& path) const {

@@ -2,16 +2,15 @@
 
 #include <cctype>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <vector>
 
 #include "common/status_macros.h"
 #include "worker/engine/json_util.h"
+#include "worker/engine/sha256.h"
 
 namespace sdfarm::engine {
 namespace fs = std::filesystem;
-namespace {
 
 std::string SamplerFromClassName(const std::string& cls, bool karras) {
   if (cls == "DDIMScheduler") return "ddim";
@@ -22,6 +21,47 @@ std::string SamplerFromClassName(const std::string& cls, bool karras) {
   if (cls == "DDPMScheduler") return "ddpm";
   return "pndm";  // PNDMScheduler, the SD 1.x default, and anything we do not know
 }
+
+Status LoadFolderScheduler(const std::string& sched_path, StableDiffusionModel* m) {
+  ASSIGN_OR_RETURN(m->scheduler_config, SchedulerConfig::FromFile(sched_path));
+  // StableDiffusionPipeline.__init__ (diffusers 0.21.4) replaces two outdated
+  // scheduler settings, for the pipeline's scheduler and every one made from
+  // its config: steps_offset becomes 1 and clip_sample false.
+  m->scheduler_config.steps_offset = 1;
+  m->scheduler_config.clip_sample = false;
+  ASSIGN_OR_RETURN(nlohmann::json sched_json, ReadJsonFile(sched_path));
+  m->default_sampler = SamplerFromClassName(sched_json.value("_class_name", std::string()),
+                                            sched_json.value("use_karras_sigmas", false));
+  return OkStatus();
+}
+
+Status CheckModelParts(const StableDiffusionModel& m, const std::string& where) {
+  if (m.text_encoder->config().hidden_size != m.unet->config().cross_attention_dim.front()) {
+    return InvalidArgumentError(where + ": text encoder width " + std::to_string(m.text_encoder->config().hidden_size) +
+                                " does not match the UNet's cross_attention_dim " +
+                                std::to_string(m.unet->config().cross_attention_dim.front()));
+  }
+  return CheckVaeFitsUNet(m.vae->config(), m.unet->config(), where);
+}
+
+Status CheckVaeFitsUNet(const VaeConfig& vae, const UNetConfig& unet, const std::string& where) {
+  if (vae.latent_channels != unet.out_channels) {
+    return InvalidArgumentError(where + ": the VAE has " + std::to_string(vae.latent_channels) +
+                                " latent channels, the UNet denoises " + std::to_string(unet.out_channels));
+  }
+  return OkStatus();
+}
+
+StatusOr<std::string> ModelHash(const std::vector<std::string>& files) {
+  Sha256 h;
+  for (const auto& f : files) {
+    ASSIGN_OR_RETURN(std::string ignored, Sha256File(f, /*addnet=*/false, &h));
+    (void)ignored;
+  }
+  return h.HexDigest().substr(0, 10);
+}
+
+namespace {
 
 // "0.10.0.dev0" < "0.9.0"? Compares the numeric release parts only.
 bool VersionBelow(const std::string& version, std::vector<int> than) {
@@ -83,35 +123,16 @@ StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::s
   m->vae_dtype = (dtype == at::kHalf && vae_config.force_upcast) ? at::kFloat : dtype;
   ASSIGN_OR_RETURN(m->vae, LoadVae(dir + "/vae", device, m->vae_dtype));
 
-  const std::string sched_path = dir + "/scheduler/scheduler_config.json";
-  ASSIGN_OR_RETURN(m->scheduler_config, SchedulerConfig::FromFile(sched_path));
-  // The same __init__ replaces two outdated scheduler settings, for the
-  // pipeline's scheduler and every one made from its config: steps_offset
-  // becomes 1 and clip_sample false.
-  m->scheduler_config.steps_offset = 1;
-  m->scheduler_config.clip_sample = false;
-  ASSIGN_OR_RETURN(nlohmann::json sched_json, ReadJsonFile(sched_path));
-  m->default_sampler = SamplerFromClassName(sched_json.value("_class_name", std::string()),
-                                            sched_json.value("use_karras_sigmas", false));
+  RETURN_IF_ERROR(LoadFolderScheduler(dir + "/scheduler/scheduler_config.json", m.get()));
+  RETURN_IF_ERROR(CheckModelParts(*m, dir));
 
-  if (m->text_encoder->config().hidden_size != m->unet->config().cross_attention_dim.front()) {
-    return InvalidArgumentError(dir + ": text encoder width " + std::to_string(m->text_encoder->config().hidden_size) +
-                                " does not match the UNet's cross_attention_dim " +
-                                std::to_string(m->unet->config().cross_attention_dim.front()));
-  }
-  if (m->vae->config().latent_channels != m->unet->config().out_channels) {
-    return InvalidArgumentError(dir + ": VAE latent_channels does not match the UNet's out_channels");
-  }
-
-  uint64_t h = 0;
+  std::vector<std::string> weight_files;
   for (const auto& [part, base] : std::vector<std::pair<std::string, std::string>>{
-           {"text_encoder", "model"}, {"unet", "diffusion_pytorch_model"}, {"vae", "diffusion_pytorch_model"}}) {
+           {"unet", "diffusion_pytorch_model"}, {"text_encoder", "model"}, {"vae", "diffusion_pytorch_model"}}) {
     ASSIGN_OR_RETURN(std::string file, FindWeightsFile(dir + "/" + part, base, dtype == at::kHalf ? "fp16" : ""));
-    ASSIGN_OR_RETURN(h, HashFile(file, h));
+    weight_files.push_back(file);
   }
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
-  m->hash = std::string(hex, 10);
+  ASSIGN_OR_RETURN(m->hash, ModelHash(weight_files));
   m->load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return m;
 }

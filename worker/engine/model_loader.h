@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "worker/engine/clip_tokenizer.h"
 #include "worker/engine/component_loader.h"
@@ -30,7 +31,9 @@ namespace sdfarm::engine {
 struct StableDiffusionModel {
   std::string dir;
   std::string name;            // folder name, e.g. "stable-diffusion-v1-5"
-  std::string hash;            // 10 hex digits over every weight file's bytes
+  std::string hash;            // A1111's: 10 hex digits of the SHA-256 (see ModelHash)
+  bool single_file = false;    // loaded from one LDM checkpoint (single_file.h)
+  std::string vae_name, vae_hash;  // set when an external VAE replaced the model's
   at::Device device = at::kCPU;
   at::ScalarType dtype = at::kFloat;        // UNet and text encoder
   at::ScalarType vae_dtype = at::kFloat;    // float32 when force_upcast and dtype is fp16
@@ -51,6 +54,20 @@ struct StableDiffusionModel {
 
 StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::string& dir, const at::Device& device,
                                                                    at::ScalarType dtype);
+
+// Pieces shared with the single-file loader (single_file.h):
+// The sampler name for a scheduler class ("DDIMScheduler" -> "ddim").
+std::string SamplerFromClassName(const std::string& cls, bool karras);
+// scheduler_config and default_sampler from a scheduler_config.json.
+Status LoadFolderScheduler(const std::string& scheduler_config_path, StableDiffusionModel* m);
+// The cross-checks between the networks (text width vs cross-attention,
+// VAE latent channels vs UNet); `where` prefixes the message.
+Status CheckModelParts(const StableDiffusionModel& m, const std::string& where);
+Status CheckVaeFitsUNet(const VaeConfig& vae, const UNetConfig& unet, const std::string& where);
+// A1111's model hash: the first 10 hex digits of one SHA-256 over the files'
+// bytes in order (one checkpoint file; or a folder's UNet, text encoder and
+// VAE weights).
+StatusOr<std::string> ModelHash(const std::vector<std::string>& files);
 
 }  // namespace sdfarm::engine
 

@@ -57,69 +57,65 @@ Status StatusFromException(const std::exception& e, const std::string& what) {
 
 Status LoadParams(ParamSet& params, const std::vector<std::shared_ptr<SafetensorsFile>>& files,
                   const at::Device& device, at::ScalarType dtype) {
-  struct Source {
-    const SafetensorsFile* file;
-    const StTensorInfo* info;
-  };
-  std::map<std::string, Source> available;
-  for (const auto& f : files) {
-    for (const auto& info : f->tensors()) {
-      auto [it, inserted] = available.emplace(info.name, Source{f.get(), &info});
-      if (!inserted) {
-        return InvalidArgumentError("tensor '" + info.name + "' is in both " + it->second.file->path() + " and " +
-                                    f->path());
-      }
-    }
-  }
+  StatusOr<TensorSource> src = TensorSource::FromFiles(files);
+  if (!src.ok()) return src.status();
+  return LoadParams(params, *src, device, dtype);
+}
+
+namespace {
+// "'name' in file" or, for a renamed tensor, "'name' (stored as 'key') in file".
+std::string Where(const TensorSource::Entry& e) {
+  std::string s = "'" + e.name + "'";
+  if (!e.stored_as.empty() && e.stored_as != e.name) s += " (stored as '" + e.stored_as + "')";
+  return s + " in " + e.file;
+}
+}  // namespace
+
+Status LoadParams(ParamSet& params, const TensorSource& source, const at::Device& device, at::ScalarType dtype) {
   std::set<std::string> used;
   try {
     for (auto& slot : params.slots()) {
-      const Source* src = nullptr;
-      std::string found_as;
-      for (const std::string* n : {&slot.name}) {
-        auto it = available.find(*n);
-        if (it != available.end()) { src = &it->second; found_as = *n; }
-      }
+      const TensorSource::Entry* src = source.Find(slot.name);
+      std::string found_as = src != nullptr ? slot.name : std::string();
       for (const auto& alias : slot.aliases) {
-        auto it = available.find(alias);
-        if (it == available.end()) continue;
+        const TensorSource::Entry* a = source.Find(alias);
+        if (a == nullptr) continue;
         if (src != nullptr) {
           return InvalidArgumentError("both '" + found_as + "' and its legacy name '" + alias + "' are present in " +
-                                      it->second.file->path());
+                                      a->file);
         }
-        src = &it->second;
+        src = a;
         found_as = alias;
       }
       if (src == nullptr) {
-        std::string where = files.empty() ? "no weight files" : files.front()->path();
-        return NotFoundError("missing tensor '" + slot.name + "' (shape " + ShapeString(slot.shape) + ") in " + where);
+        return NotFoundError("missing tensor '" + slot.name + "' (shape " + ShapeString(slot.shape) + ") in " +
+                             source.description());
       }
       used.insert(found_as);
-      std::vector<int64_t> shape = src->info->shape;
+      const std::vector<int64_t>& shape = src->shape;
       // Old checkpoints store the VAE attention projections as 1x1 convolutions.
       const bool conv_as_linear = shape.size() == 4 && slot.shape.size() == 2 && shape[2] == 1 && shape[3] == 1 &&
                                   shape[0] == slot.shape[0] && shape[1] == slot.shape[1];
       if (shape != slot.shape && !conv_as_linear) {
-        return InvalidArgumentError("tensor '" + found_as + "' in " + src->file->path() + " has shape " +
-                                    ShapeString(shape) + ", the model config needs " + ShapeString(slot.shape));
+        return InvalidArgumentError("tensor " + Where(*src) + " has shape " + ShapeString(shape) +
+                                    ", the model config needs " + ShapeString(slot.shape));
       }
-      const std::string& dt = std::string(StDtypeName(src->info->dtype));
+      const std::string dt(StDtypeName(src->dtype));
       if (dt != "F32" && dt != "F16" && dt != "BF16" && dt != "F64") {
-        return InvalidArgumentError("tensor '" + found_as + "' in " + src->file->path() + " has dtype " + dt +
-                                    ", expected a floating-point type");
+        return InvalidArgumentError("tensor " + Where(*src) + " has dtype " + dt + ", expected a floating-point type");
       }
-      auto t = src->file->Get(found_as);
+      auto t = src->get();
       if (!t.ok()) return t.status();
       at::Tensor w = conv_as_linear ? t->reshape(slot.shape) : *t;
       *slot.tensor = w.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
-      src->file->DropPages(*src->info);
+      if (src->done) src->done();
     }
   } catch (const std::exception& e) {
     return StatusFromException(e, "loading weights to " + device.str());
   }
-  for (const auto& [name, src] : available) {
-    if (used.count(name) == 0 && !IsIgnorableBuffer(name)) {
-      return InvalidArgumentError("tensor '" + name + "' in " + src.file->path() +
+  for (const auto& e : source.entries()) {
+    if (used.count(e.name) == 0 && !IsIgnorableBuffer(e.name)) {
+      return InvalidArgumentError("tensor " + Where(e) +
                                   " is not used by the model its config describes (wrong config or wrong file?)");
     }
   }

@@ -23,6 +23,7 @@
 
 #include "worker/engine/safetensors.h"
 #include "worker/engine/status.h"
+#include "worker/engine/tensor_source.h"
 
 namespace sdfarm::engine {
 
@@ -73,6 +74,9 @@ bool IsIgnorableBuffer(const std::string& name);
 // exceptions (e.g. CUDA out of memory: ResourceExhausted) become a Status.
 Status LoadParams(ParamSet& params, const std::vector<std::shared_ptr<SafetensorsFile>>& files,
                   const at::Device& device, at::ScalarType dtype);
+// The same from any tensor source (tensor_source.h): renamed or computed
+// tensors of other checkpoint layouts. Messages name the stored key too.
+Status LoadParams(ParamSet& params, const TensorSource& source, const at::Device& device, at::ScalarType dtype);
 
 // Fills every slot with seeded random values (sdfarm-mkmodel, benchmarks).
 void RandomizeParams(ParamSet& params, uint64_t seed, const at::Device& device, at::ScalarType dtype);

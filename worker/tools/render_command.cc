@@ -34,7 +34,14 @@ int Fail(const engine::Status& s, int code = 1) {
 }
 
 void DefineFlags(CliFlags& f) {
-  f.Add("model", "DIR", "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...)");
+  f.Add("model", "PATH", "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...) or a "
+        "single-file checkpoint (.safetensors in the original LDM / A1111 / CivitAI layout)");
+  f.Add("model-config", "DIR", "single file: a diffusers folder whose configs, tokenizer and scheduler describe it");
+  f.Add("original-config", "YAML", "single file: its LDM config (default: <checkpoint>.yaml beside it, if present)");
+  f.Add("prediction-type", "TYPE", "epsilon or v_prediction: overrides the configs (needed for an SD 2.x file "
+        "without a yaml: 512-base is epsilon, 768-v is v_prediction)");
+  f.AddBool("ema", "single file: use its EMA UNet weights (model_ema.*)");
+  f.Add("vae", "PATH", "VAE to use instead of the model's: a diffusers VAE folder or a .safetensors VAE");
   f.Add("prompt", "TEXT", "what to render; give it several times for several prompts", std::nullopt, true);
   f.Add("negative", "TEXT", "negative prompt (used when --guidance > 1)", "");
   f.Add("seed", "N", "seed of the first image; image k of a prompt uses N+k", "0");
@@ -67,6 +74,9 @@ void DefineFlags(CliFlags& f) {
       "  sdfarm-render --model models/sd15 --prompt 'oil painting' --init-image in.png --strength 0.6\n"
       "  sdfarm-render --model models/sd15-inpaint --prompt 'a cat' --init-image in.png --mask mask.png\n"
       "  sdfarm-render --model models/sd15 --prompt 'a castle' --lora loras/add_detail.safetensors:0.7 --lora style\n"
+      "  sdfarm-render --model v1-5-pruned-emaonly.safetensors --vae vae-ft-mse-840000.safetensors --prompt 'a fox'\n"
+      "  sdfarm-render --model v2-1_768-ema-pruned.safetensors --prediction-type v_prediction --prompt 'a fox'\n"
+      "\nPickle checkpoints (.ckpt, .pt) are refused: convert them to .safetensors first.\n"
       "\nEach image is written as <out>/<index>-seed<seed>-cfg<guidance>.png with its parameters embedded\n"
       "in AUTOMATIC1111's format (PNG Info, Civitai and other tools read it).\n");
 }
@@ -107,7 +117,7 @@ int RunRender(int argc, char** argv) {
     std::cout << flags.Usage();
     return 0;
   }
-  if (!flags.Has("model")) return Fail(engine::InvalidArgumentError("--model DIR is required (see --help)"), 2);
+  if (!flags.Has("model")) return Fail(engine::InvalidArgumentError("--model PATH is required (see --help)"), 2);
   const std::vector<std::string> prompts = flags.GetAll("prompt");
   if (prompts.empty()) return Fail(engine::InvalidArgumentError("--prompt TEXT is required (see --help)"), 2);
 
@@ -193,6 +203,11 @@ int RunRender(int argc, char** argv) {
   options.device = flags.Get("device");
   options.dtype = flags.Get("dtype");
   options.threads = static_cast<int>(*threads);
+  options.model_config = flags.Get("model-config");
+  options.original_config = flags.Get("original-config");
+  options.prediction_type = flags.Get("prediction-type");
+  options.ema = flags.GetBool("ema");
+  options.vae = flags.Get("vae");
   const bool quiet = flags.GetBool("quiet");
   const bool tty = isatty(STDERR_FILENO);
   if (!quiet) std::fprintf(stderr, "loading %s on %s...\n", flags.Get("model").c_str(), options.device.c_str());
@@ -202,6 +217,7 @@ int RunRender(int argc, char** argv) {
   if (!quiet) {
     std::fprintf(stderr, "loaded %s (hash %s, %s %s) in %.1f s\n", info.name.c_str(), info.hash.c_str(),
                  info.device.c_str(), info.dtype.c_str(), info.load_seconds);
+    if (!info.vae_name.empty()) std::fprintf(stderr, "VAE %s (hash %s)\n", info.vae_name.c_str(), info.vae_hash.c_str());
   }
 
   // Validate the whole run up front so a bad request fails before any compute.
