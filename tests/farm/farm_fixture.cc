@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -275,6 +276,15 @@ RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std
   result.output = ReadAll(templ);
   unlink(templ.c_str());
   return result;
+}
+
+int MaxPixelDifference(const engine::Image& a, const engine::Image& b) {
+  if (a.width != b.width || a.height != b.height || a.channels != b.channels || a.pixels.size() != b.pixels.size()) {
+    return 256;
+  }
+  int worst = 0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) worst = std::max(worst, std::abs(int{a.pixels[i]} - int{b.pixels[i]}));
+  return worst;
 }
 
 }  // namespace sdfarm::testing

@@ -26,6 +26,7 @@
 #include "common/subprocess.h"
 #include "sdfarm.grpc.pb.h"
 #include "tests/common/redis_server_fixture.h"
+#include "worker/engine/png_io.h"
 
 // ASSERT that a StatusOr expression is ok and move its value into `lhs`
 // (which may declare it: FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start(...))).
@@ -153,6 +154,14 @@ struct RunResult {
 };
 RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& env,
                      absl::Duration timeout);
+
+// The largest per-channel difference between two images (256 when their
+// shapes differ). The farm renders an image in a batch with others, the
+// reference renderer alone: CPU GEMM and convolution kernels round
+// differently for other batch sizes, so pixels agree to within a level or
+// two (the tolerance of the diffusers parity tests), not always bit for bit.
+int MaxPixelDifference(const engine::Image& a, const engine::Image& b);
+inline constexpr int kBatchPixelTolerance = 2;
 
 // The whole file ("" when it cannot be read).
 std::string ReadFileOrEmpty(const std::string& path);

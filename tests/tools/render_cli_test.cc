@@ -347,12 +347,6 @@ TEST(MkModelCli, WritesALoadableRandomModelFromConfigs) {
 }
 
 // Single-file checkpoints and --vae, end to end.
-std::string ExtraValue(const engine::GenerationParameters& p, const std::string& key) {
-  for (const auto& [k, v] : p.extra) {
-    if (k == key) return v;
-  }
-  return "";
-}
 
 TEST(RenderCli, SingleFileCheckpointMatchesDiffusers) {
   auto g = LoadGolden("pipelines/sd_pndm_astronaut.safetensors");
@@ -371,6 +365,33 @@ TEST(RenderCli, SingleFileCheckpointMatchesDiffusers) {
   ASSERT_OK_AND_ASSIGN(std::string sha, engine::Sha256File(file));
   EXPECT_EQ(p.model_hash, sha.substr(0, 10));
   EXPECT_EQ(p.model, "tiny-sd");
+}
+
+// The hub folders as published (configs missing keys written by later
+// diffusers versions): the SD 1.5-keyed one, with its pipeline default size of
+// 512 overridden, and the SD 2.1-keyed one at its v-prediction DDIM default.
+TEST(RenderCli, HubConfigFoldersMatchDiffusers) {
+  struct Case {
+    std::string golden, model;
+    std::vector<std::string> args;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"hubcfg/hubcfg_sd15_euler.safetensors", "tiny-sd-hubcfg",
+            {"--prompt", "a castle on a hill at sunset", "--seed", "30", "--sampler", "euler", "--guidance", "7.5"}},
+           {"hubcfg/hubcfg_sd21_ddim_vpred.safetensors", "tiny-sd-v2-hubcfg",
+            {"--prompt", "a sailing boat on a calm sea", "--negative", "blurry", "--seed", "31", "--guidance", "7"}}}) {
+    auto g = LoadGolden(c.golden);
+    const std::string out = MakeTempDir();
+    std::vector<std::string> args = {"--model", ModelPath(c.model), "--steps", "10", "--width", "64", "--height",
+                                     "64",      "--out",            out};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    ProcessRun r = Render(args);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto files = Pngs(out);
+    ASSERT_EQ(files.size(), 1u) << r.output;
+    ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+    EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0) << c.golden;
+  }
 }
 
 TEST(RenderCli, Sd2SingleFileWithOriginalConfig) {
@@ -401,8 +422,8 @@ TEST(RenderCli, VaeFlagSwapsTheVaeAndIsRecorded) {
   ASSERT_OK_AND_ASSIGN(auto text, engine::ReadPngText(files[0]));
   ASSERT_OK_AND_ASSIGN(engine::GenerationParameters p, engine::ParseA1111Parameters(text.at(0).second));
   ASSERT_OK_AND_ASSIGN(std::string sha, engine::Sha256File(ModelPath("tiny-sd-vae-alt/diffusion_pytorch_model.safetensors")));
-  EXPECT_EQ(ExtraValue(p, "VAE hash"), sha.substr(0, 10));
-  EXPECT_EQ(ExtraValue(p, "VAE"), "tiny-sd-vae-alt");
+  EXPECT_EQ(p.vae_hash, sha.substr(0, 10));
+  EXPECT_EQ(p.vae, "tiny-sd-vae-alt");
 }
 
 // Each bad input: exit code != 0, a message that says what is wrong, no PNG.
