@@ -7,6 +7,9 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "tests/engine/golden.h"
 
@@ -19,6 +22,7 @@ GenerationParameters Typical() {
   p.negative_prompt = "blurry";
   p.steps = 30;
   p.sampler = "Euler a";
+  p.schedule_type = "Automatic";
   p.cfg_scale = 7.5;
   p.seed = 42;
   p.width = 512;
@@ -35,8 +39,25 @@ TEST(A1111Format, TypicalImage) {
   EXPECT_EQ(FormatA1111Parameters(Typical()),
             "a photo of a cat\n"
             "Negative prompt: blurry\n"
-            "Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 1a2b3c4d5e, "
-            "Model: sd15, Denoising strength: 0.6, Clip skip: 2, Version: sdfarm 0.1.0");
+            "Steps: 30, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, Size: 512x512, "
+            "Model hash: 1a2b3c4d5e, Model: sd15, Denoising strength: 0.6, Clip skip: 2, Version: sdfarm 0.1.0");
+}
+
+// A1111 v1.9+ writes the schedule apart from the sampler, right after it
+// (processing.create_infotext: "Sampler": p.sampler_name, "Schedule type":
+// p.scheduler, "CFG scale": ...).
+TEST(A1111Format, ScheduleTypeFollowsTheSampler) {
+  GenerationParameters p;
+  p.prompt = "a castle";
+  p.steps = 20;
+  p.sampler = "DPM++ 2M";
+  p.schedule_type = "Karras";
+  p.cfg_scale = 7;
+  p.seed = 1;
+  p.width = 512;
+  p.height = 512;
+  EXPECT_EQ(FormatA1111Parameters(p),
+            "a castle\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512");
 }
 
 TEST(A1111Format, OptionalPartsAreOmitted) {
@@ -48,7 +69,8 @@ TEST(A1111Format, OptionalPartsAreOmitted) {
   p.seed = 965400086;
   p.width = 768;
   p.height = 512;
-  // No negative prompt line, no model, no denoising strength, no clip skip;
+  // No negative prompt line, no schedule type, no model, no denoising
+  // strength, no clip skip;
   // a whole CFG scale prints like A1111's UI does ("7", not "7.0").
   EXPECT_EQ(FormatA1111Parameters(p),
             "a castle\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 965400086, Size: 768x512");
@@ -60,8 +82,8 @@ TEST(A1111Format, EmptyPromptIsStrippedAwayLikeA1111) {
   p.negative_prompt = "";
   p.extra.clear();
   EXPECT_EQ(FormatA1111Parameters(p),
-            "Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 1a2b3c4d5e, "
-            "Model: sd15, Denoising strength: 0.6, Clip skip: 2");
+            "Steps: 30, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, Size: 512x512, "
+            "Model hash: 1a2b3c4d5e, Model: sd15, Denoising strength: 0.6, Clip skip: 2");
 }
 
 TEST(A1111Format, QuotesValuesLikeInfotextUtilsQuote) {
@@ -78,8 +100,8 @@ TEST(A1111Format, QuotesValuesLikeInfotextUtilsQuote) {
       {"Plain", "no special \"chars\" here"},
   };
   EXPECT_EQ(FormatA1111Parameters(p),
-            "x\nSteps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 1a2b3c4d5e, "
-            "Model: \"models/sd:v1\", "
+            "x\nSteps: 30, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, Size: 512x512, "
+            "Model hash: 1a2b3c4d5e, Model: \"models/sd:v1\", "
             "Lora hashes: \"add_detail: 7c6bad76eb54, film: 1d2e\", "
             "Note: \"say \\\"hi\\\", then\\nleave \\\\ now\\t\\u0001\", "
             "Tags: \"\xe7\x8c\xab, \xe7\x8a\xac\", "
@@ -161,6 +183,20 @@ TEST(A1111Parse, ReadsA1111V18OutputWithExtrasAndCrlf) {
   const std::vector<std::pair<std::string, std::string>> extra = {
       {"ENSD", "31337"}, {"Lora hashes", "add_detail: 7c6bad76eb54"}, {"Hires upscale", "2"}, {"Version", "v1.8.0"}};
   EXPECT_EQ(p.extra, extra);
+  EXPECT_EQ(p.schedule_type, "");  // v1.8 wrote none; A1111 reads that as "Automatic"
+}
+
+TEST(A1111Parse, ReadsA1111V19OutputWithScheduleType) {
+  ASSERT_OK_AND_ASSIGN(
+      GenerationParameters p,
+      ParseA1111Parameters("a lighthouse\nNegative prompt: blurry\n"
+                           "Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 12, "
+                           "Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1"));
+  EXPECT_EQ(p.sampler, "DPM++ 2M");
+  EXPECT_EQ(p.schedule_type, "Karras");
+  EXPECT_EQ(p.cfg_scale, 6.5);
+  const std::vector<std::pair<std::string, std::string>> extra = {{"Version", "v1.10.1"}};
+  EXPECT_EQ(p.extra, extra);
 }
 
 TEST(A1111Parse, FollowsTheA1111RegexOnOddValues) {
@@ -221,6 +257,7 @@ TEST(A1111RoundTrip, MultiLinePromptsAndUnicode) {
 TEST(A1111RoundTrip, AwkwardValues) {
   GenerationParameters p = Typical();
   p.sampler = "DPM++ 2M SDE Karras";
+  p.schedule_type = " Align: Your, Steps ";
   p.model = "folder/model: v2, final";
   p.model_hash = "\"quoted\"";
   p.cfg_scale = 7;

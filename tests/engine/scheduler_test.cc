@@ -295,7 +295,10 @@ TEST(SchedulerSampler, NamesRoundTrip) {
   }
   EXPECT_EQ(SamplerName(Sampler::kEulerAncestral), "euler_a");
   EXPECT_EQ(SamplerDisplayName(Sampler::kEulerAncestral), "Euler a");
-  EXPECT_EQ(SamplerDisplayName(Sampler::kDpmpp2mKarras), "DPM++ 2M Karras");
+  // A1111 v1.9+ names the schedule apart: "DPM++ 2M" + "Schedule type: Karras".
+  EXPECT_EQ(SamplerDisplayName(Sampler::kDpmpp2mKarras), "DPM++ 2M");
+  EXPECT_EQ(A1111Name(Sampler::kDpmpp2mKarras).schedule_type, "Karras");
+  EXPECT_EQ(SamplerDisplayName(Sampler::kPndm), "PLMS");
 }
 
 TEST(SchedulerSampler, UnknownNameListsTheValidOnes) {

@@ -100,7 +100,8 @@ TEST(RenderCli, Txt2ImgMatchesDiffusersAndEmbedsParameters) {
   ASSERT_OK_AND_ASSIGN(engine::GenerationParameters p, engine::ParseA1111Parameters(text[0].second));
   EXPECT_EQ(p.prompt, "a photograph of an astronaut riding a horse");
   EXPECT_EQ(p.steps, 15);
-  EXPECT_EQ(p.sampler, "PNDM");
+  EXPECT_EQ(p.sampler, "PLMS");  // the model's PNDM (skip_prk_steps), as A1111 names it
+  EXPECT_EQ(p.schedule_type, "Automatic");
   EXPECT_EQ(p.seed, 0u);
   EXPECT_DOUBLE_EQ(p.cfg_scale, 7.5);
   EXPECT_EQ(p.width, 64);

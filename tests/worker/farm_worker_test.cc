@@ -205,9 +205,10 @@ TEST_F(FarmWorkerTest, RendersAJobAndReportsEveryImageThenDone) {
     auto decoded = engine::DecodePng(m.image().png(), 3);
     ASSERT_TRUE(decoded.ok());
     EXPECT_EQ(decoded->pixels, SyntheticRenderer::Pattern(ri, 64, 32).pixels) << "item " << k;
-    const std::string expected_negative = item.guidance_scale > 1 ? "Negative prompt: blurry\n" : "";
+    // The negative prompt is written at every CFG scale, as A1111 does.
     EXPECT_EQ(PngText(m.image().png(), "parameters"),
-              absl::StrCat("a red fox\n", expected_negative, "Steps: 3, Sampler: Euler a, CFG scale: ",
+              absl::StrCat("a red fox\nNegative prompt: blurry\n",
+                           "Steps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: ",
                            engine::FormatNumber(item.guidance_scale), ", Seed: ", item.seed,
                            ", Size: 64x32, Model hash: synthetic, Model: sd15, Version: sdfarm ", SDFARM_VERSION));
   }

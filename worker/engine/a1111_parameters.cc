@@ -356,6 +356,7 @@ std::string FormatA1111Parameters(const GenerationParameters& p) {
   };
   add("Steps", std::to_string(p.steps));
   add("Sampler", p.sampler);
+  if (!p.schedule_type.empty()) add("Schedule type", p.schedule_type);
   add("CFG scale", FormatNumber(p.cfg_scale));
   add("Seed", std::to_string(p.seed));
   add("Size", std::to_string(p.width) + "x" + std::to_string(p.height));
@@ -415,6 +416,8 @@ StatusOr<GenerationParameters> ParseA1111Parameters(std::string_view text) {
       if (!ParseNumber(value, &p.steps)) return BadValue(key, value, "an integer");
     } else if (key == "Sampler") {
       p.sampler = value;
+    } else if (key == "Schedule type") {
+      p.schedule_type = value;
     } else if (key == "CFG scale") {
       if (!ParseNumber(value, &p.cfg_scale)) return BadValue(key, value, "a number");
     } else if (key == "Seed") {

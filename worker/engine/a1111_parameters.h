@@ -4,12 +4,12 @@
 //
 //   a photo of a cat, <lora:x:0.5>
 //   Negative prompt: blurry
-//   Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 1a2b3c4d5e, Model: sd15, Denoising strength: 0.6, Clip skip: 2, Version: sdfarm 0.1.0
+//   Steps: 30, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 1a2b3c4d5e, Model: sd15, Denoising strength: 0.6, Clip skip: 2, Version: sdfarm 0.1.0
 //
 // Format follows A1111's processing.create_infotext: the prompt, a
 // "Negative prompt: " line only when there is one, and one line of
-// "Key: value" pairs joined by ", " in A1111's order (Steps, Sampler, CFG
-// scale, Seed, Size, Model hash, Model, VAE hash, VAE, Denoising strength,
+// "Key: value" pairs joined by ", " in A1111's order (Steps, Sampler,
+// Schedule type, CFG scale, Seed, Size, Model hash, Model, VAE hash, VAE, Denoising strength,
 // Clip skip, then `extra` in order, e.g. "Lora hashes" and "Version"). A value holding ',', ':' or a newline is written as a
 // JSON string (infotext_utils.quote); so is one that A1111's parser would
 // otherwise read back differently (leading or trailing spaces, a leading '"',
@@ -44,7 +44,11 @@ namespace sdfarm::engine {
 struct GenerationParameters {
   std::string prompt, negative_prompt;
   int steps = 0;
-  std::string sampler;  // A1111 display name, e.g. "Euler a", "DPM++ 2M Karras"
+  std::string sampler;  // A1111's sampler name, e.g. "Euler a", "DPM++ 2M" (engine::A1111Name)
+  // A1111's "Schedule type" (v1.9+), e.g. "Automatic", "Karras", "Uniform";
+  // written right after "Sampler", omitted when empty. A1111 reads a missing
+  // one as "Automatic", which for "DPM++ 2M" means Karras.
+  std::string schedule_type;
   double cfg_scale = 0;
   uint64_t seed = 0;
   int width = 0, height = 0;

@@ -587,11 +587,20 @@ GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& 
                                    const std::vector<LoraInfo>& loras) {
   GenerationParameters p;
   p.prompt = item.prompt;
-  p.negative_prompt = item.guidance_scale > 1.0 ? item.negative_prompt : "";
+  // Always, as A1111 does (its create_infotext writes a non-empty negative
+  // prompt whatever the CFG scale).
+  p.negative_prompt = item.negative_prompt;
   p.steps = request.steps;
   const std::string& sampler_name = request.sampler.empty() ? model.default_sampler : request.sampler;
   auto sampler = ParseSampler(sampler_name);
-  p.sampler = sampler.ok() ? std::string(SamplerDisplayName(*sampler)) : sampler_name;
+  A1111SamplerName a1111;
+  if (sampler.ok()) {
+    a1111 = A1111Name(*sampler);
+    p.sampler = std::string(a1111.sampler);
+    p.schedule_type = std::string(a1111.schedule_type);
+  } else {
+    p.sampler = sampler_name;
+  }
   p.cfg_scale = item.guidance_scale;
   p.seed = item.seed;
   p.width = width;
@@ -619,6 +628,8 @@ GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& 
     p.extra.push_back({"Lora hashes", hashes});
     if (!weights.empty()) p.extra.push_back({"Lora weights", weights});
   }
+  // A1111 adds "Eta DDIM" while sampling, after the networks' "Lora hashes".
+  if (!a1111.eta_ddim.empty()) p.extra.push_back({"Eta DDIM", std::string(a1111.eta_ddim)});
   p.extra.push_back({"Version", std::string(version)});
   return p;
 }

@@ -188,9 +188,12 @@ std::vector<Image> PreviewImages(const at::Tensor& latents);
 // sdfarm-render and the farm's workers both embed
 // FormatA1111Parameters(ParametersFor(...)) in their PNGs, so the same item
 // gets the same text from either. `version` is the "Version" value, e.g.
-// "sdfarm 0.1.0". The negative prompt is recorded only when guidance is on
-// (> 1), since only then does it affect the image; an unknown sampler name
-// (which Validate rejects) is written as given.
+// "sdfarm 0.1.0". The negative prompt is recorded whenever it is non-empty,
+// also at guidance <= 1 where it does not affect the image (A1111 does the
+// same). The sampler is written as A1111 names it (engine::A1111Name:
+// "Sampler", "Schedule type" and, for ddpm, "Eta DDIM" before "Version");
+// an unknown sampler name (which Validate rejects) is written as given,
+// without a schedule type.
 // A swapped VAE is written as "VAE hash" and "VAE", and `loras` (the
 // LoraInfo of each of the request's LoRAs, in order) as A1111's
 // "Lora hashes: "name: hash, ..."" and their scales as "Lora weights:

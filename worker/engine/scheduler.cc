@@ -17,18 +17,24 @@ namespace {
 struct SamplerInfo {
   Sampler sampler;
   std::string_view name;
-  std::string_view display_name;
+  A1111SamplerName a1111;
 };
 
+// The A1111 values, from its source (v1.9+; see the README's "Samplers"):
+// sampler labels from modules/sd_samplers_timesteps.py (samplers_timesteps:
+// 'DDIM', 'PLMS') and modules/sd_samplers_kdiffusion.py (samplers_k_diffusion:
+// 'Euler a', 'Euler', 'LMS', 'DPM++ 2M' with options {'scheduler': 'karras'});
+// schedule labels from modules/sd_schedulers.py (schedulers: 'Automatic',
+// 'Uniform', 'Karras'); "Eta DDIM" from CompVisSampler.eta_infotext_field.
 constexpr std::array<SamplerInfo, 8> kSamplers = {{
-    {Sampler::kPndm, "pndm", "PNDM"},
-    {Sampler::kDdim, "ddim", "DDIM"},
-    {Sampler::kEuler, "euler", "Euler"},
-    {Sampler::kEulerAncestral, "euler_a", "Euler a"},
-    {Sampler::kLms, "lms", "LMS"},
-    {Sampler::kDpmpp2m, "dpmpp_2m", "DPM++ 2M"},
-    {Sampler::kDpmpp2mKarras, "dpmpp_2m_karras", "DPM++ 2M Karras"},
-    {Sampler::kDdpm, "ddpm", "DDPM"},
+    {Sampler::kPndm, "pndm", {"PLMS", "Automatic", ""}},
+    {Sampler::kDdim, "ddim", {"DDIM", "Automatic", ""}},
+    {Sampler::kEuler, "euler", {"Euler", "Automatic", ""}},
+    {Sampler::kEulerAncestral, "euler_a", {"Euler a", "Automatic", ""}},
+    {Sampler::kLms, "lms", {"LMS", "Automatic", ""}},
+    {Sampler::kDpmpp2m, "dpmpp_2m", {"DPM++ 2M", "Uniform", ""}},
+    {Sampler::kDpmpp2mKarras, "dpmpp_2m_karras", {"DPM++ 2M", "Karras", ""}},
+    {Sampler::kDdpm, "ddpm", {"DDIM", "Automatic", "1"}},
 }};
 
 const SamplerInfo& Info(Sampler s) {
@@ -51,7 +57,8 @@ StatusOr<Sampler> ParseSampler(std::string_view name) {
 }
 
 std::string_view SamplerName(Sampler s) { return Info(s).name; }
-std::string_view SamplerDisplayName(Sampler s) { return Info(s).display_name; }
+A1111SamplerName A1111Name(Sampler s) { return Info(s).a1111; }
+std::string_view SamplerDisplayName(Sampler s) { return Info(s).a1111.sampler; }
 
 const std::vector<Sampler>& AllSamplers() {
   static const std::vector<Sampler>* const all = [] {

@@ -58,8 +58,36 @@ enum class Sampler { kPndm, kDdim, kEuler, kEulerAncestral, kLms, kDpmpp2m, kDpm
 StatusOr<Sampler> ParseSampler(std::string_view name);
 // "pndm", "ddim", "euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras", "ddpm".
 std::string_view SamplerName(Sampler s);
-// AUTOMATIC1111's names: "PNDM", "DDIM", "Euler", "Euler a", "LMS", "DPM++ 2M",
-// "DPM++ 2M Karras", "DDPM".
+
+// How AUTOMATIC1111 (v1.9 and later) writes the equivalent sampler in its
+// "parameters" text, so that A1111's reader (sd_samplers.
+// get_sampler_and_scheduler, which Civitai follows) picks that sampler and
+// schedule back:
+//
+//   ours             Sampler    Schedule type  Eta DDIM
+//   pndm             PLMS       Automatic
+//   ddim             DDIM       Automatic
+//   euler            Euler      Automatic
+//   euler_a          Euler a    Automatic
+//   lms              LMS        Automatic
+//   dpmpp_2m         DPM++ 2M   Uniform
+//   dpmpp_2m_karras  DPM++ 2M   Karras
+//   ddpm             DDIM       Automatic      1
+//
+// A1111 reads an unknown sampler name as its first sampler (DPM++ 2M) and a
+// missing "Schedule type" as "Automatic", which for DPM++ 2M means Karras;
+// hence "Uniform" (the model's own sigmas) for plain DPM++ 2M. A1111 has no
+// DDPM sampler: DDIM with eta 1 is DDPM's ancestral sampler (Song et al.
+// 2021, sec. 4.1), and A1111 writes eta != 0 as "Eta DDIM". The README's
+// "Samplers" table cites the A1111 source of each value.
+struct A1111SamplerName {
+  std::string_view sampler;        // "Sampler: ..."
+  std::string_view schedule_type;  // "Schedule type: ..."
+  std::string_view eta_ddim;       // "Eta DDIM: ...", empty when A1111 writes none (eta 0)
+};
+A1111SamplerName A1111Name(Sampler s);
+// A1111Name(s).sampler: "PLMS", "DDIM", "Euler", "Euler a", "LMS",
+// "DPM++ 2M" (plain and Karras: the schedule is written apart), "DDIM".
 std::string_view SamplerDisplayName(Sampler s);
 const std::vector<Sampler>& AllSamplers();
 
