@@ -287,4 +287,23 @@ int MaxPixelDifference(const engine::Image& a, const engine::Image& b) {
   return worst;
 }
 
+std::vector<nlohmann::json> ReadManifest(const std::string& dir) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(dir + "/metadata.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
+  }
+  return rows;
+}
+
+std::string PngParameters(const std::string& path) {
+  auto text = engine::ReadPngText(path);
+  if (!text.ok()) return "";
+  for (const auto& [k, v] : *text) {
+    if (k == "parameters") return v;
+  }
+  return "";
+}
+
 }  // namespace sdfarm::testing

@@ -17,6 +17,7 @@
 #define SDFARM_TESTS_FARM_FARM_FIXTURE_H_
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -162,6 +163,11 @@ RunResult RunProgram(const std::vector<std::string>& argv, const std::vector<std
 // two (the tolerance of the diffusers parity tests), not always bit for bit.
 int MaxPixelDifference(const engine::Image& a, const engine::Image& b);
 inline constexpr int kBatchPixelTolerance = 2;
+
+// Every row of <dir>/metadata.jsonl, in order.
+std::vector<nlohmann::json> ReadManifest(const std::string& dir);
+// The A1111 "parameters" text of a PNG file ("" when it has none).
+std::string PngParameters(const std::string& path);
 
 // The whole file ("" when it cannot be read).
 std::string ReadFileOrEmpty(const std::string& path);

@@ -25,25 +25,6 @@ namespace fs = std::filesystem;
 namespace pb = ::sdfarm::v1;
 using nlohmann::json;
 
-std::vector<json> ReadManifest(const std::string& dir) {
-  std::vector<json> rows;
-  std::ifstream in(dir + "/metadata.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty()) rows.push_back(json::parse(line));
-  }
-  return rows;
-}
-
-std::string Parameters(const std::string& path) {
-  auto text = engine::ReadPngText(path);
-  if (!text.ok()) return "";
-  for (const auto& [k, v] : *text) {
-    if (k == "parameters") return v;
-  }
-  return "";
-}
-
 std::string Sha256Prefix(const std::string& path, size_t n, bool addnet = false) {
   auto h = engine::Sha256File(path, addnet);
   return h.ok() ? h->substr(0, n) : "";
@@ -92,7 +73,7 @@ TEST(FarmModelsTest, LoraScalesAndASweptVaeOnASingleFileRenderAsSdfarmRenderDoes
     RunResult r = RunProgram(argv, {{"OMP_NUM_THREADS", "1"}}, absl::Minutes(2));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     for (const auto& e : fs::directory_iterator(out)) {
-      if (e.path().extension() == ".png") reference[Parameters(e.path().string())] = e.path().string();
+      if (e.path().extension() == ".png") reference[PngParameters(e.path().string())] = e.path().string();
     }
   }
   ASSERT_EQ(reference.size(), 4u) << "the two scales must give different parameter texts";
@@ -104,7 +85,7 @@ TEST(FarmModelsTest, LoraScalesAndASweptVaeOnASingleFileRenderAsSdfarmRenderDoes
   std::set<std::vector<uint8_t>> distinct_pixels;
   for (const json& row : rows) {
     const std::string path = dir + "/" + row["file_name"].get<std::string>();
-    const std::string text = Parameters(path);
+    const std::string text = PngParameters(path);
     auto it = reference.find(text);
     ASSERT_NE(it, reference.end()) << "no sdfarm-render image with the parameters of " << path << ":\n" << text;
     auto farm_img = engine::ReadPng(path, 3);

@@ -26,16 +26,6 @@ namespace fs = std::filesystem;
 namespace pb = ::sdfarm::v1;
 using nlohmann::json;
 
-std::vector<json> ReadManifest(const std::string& dir) {
-  std::vector<json> rows;
-  std::ifstream in(dir + "/metadata.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty()) rows.push_back(json::parse(line));
-  }
-  return rows;
-}
-
 std::set<std::string> Pngs(const std::string& dir) {
   std::set<std::string> out;
   std::error_code ec;
@@ -54,15 +44,6 @@ std::vector<std::string> Debris(const std::string& dir) {
     if (e.path().extension() != ".png" && n != "metadata.jsonl" && n != "sweep.json") out.push_back(n);
   }
   return out;
-}
-
-std::string Parameters(const std::string& path) {
-  auto text = engine::ReadPngText(path);
-  if (!text.ok()) return "";
-  for (const auto& [k, v] : *text) {
-    if (k == "parameters") return v;
-  }
-  return "";
 }
 
 // The acceptance sweep: 2 prompts x 4 seeds x 3 guidance scales = 24 images.
@@ -84,13 +65,13 @@ void ExpectCompleteSweep(const std::string& dir, size_t expected) {
   for (const json& r : rows) {
     const std::string name = r["file_name"];
     EXPECT_TRUE(names.insert(name).second) << "duplicate manifest row " << name;
-    auto p = engine::ParseA1111Parameters(Parameters(dir + "/" + name));
+    auto p = engine::ParseA1111Parameters(PngParameters(dir + "/" + name));
     ASSERT_TRUE(p.ok()) << name << ": " << p.status().ToString();
     EXPECT_EQ(p->prompt, r["prompt"].get<std::string>()) << name;
     EXPECT_EQ(p->seed, r["seed"].get<uint64_t>()) << name;
     EXPECT_EQ(p->cfg_scale, r["guidance_scale"].get<double>()) << name;
     EXPECT_EQ(p->steps, r["steps"].get<int>()) << name;
-    EXPECT_EQ(r["parameters"].get<std::string>(), Parameters(dir + "/" + name));
+    EXPECT_EQ(r["parameters"].get<std::string>(), PngParameters(dir + "/" + name));
   }
   EXPECT_EQ(rows.size(), expected);
   EXPECT_EQ(names.size(), expected);
@@ -126,15 +107,15 @@ TEST(FarmTest, TwoWorkersRenderTheSweepExactlyAsSdfarmRender) {
   }
   std::map<std::string, std::string> reference;  // parameters text -> path
   for (const auto& e : fs::recursive_directory_iterator(ref_dir)) {
-    if (e.path().extension() == ".png") reference[Parameters(e.path().string())] = e.path().string();
+    if (e.path().extension() == ".png") reference[PngParameters(e.path().string())] = e.path().string();
   }
   ASSERT_EQ(reference.size(), 24u);
   int compared = 0;
   for (const json& row : ReadManifest(dir)) {
     const std::string path = dir + "/" + row["file_name"].get<std::string>();
-    auto it = reference.find(Parameters(path));
+    auto it = reference.find(PngParameters(path));
     ASSERT_NE(it, reference.end()) << "no sdfarm-render image with the parameters of " << path << ":\n"
-                                   << Parameters(path);
+                                   << PngParameters(path);
     auto farm_img = engine::ReadPng(path, 3);
     auto ref_img = engine::ReadPng(it->second, 3);
     ASSERT_TRUE(farm_img.ok() && ref_img.ok());
