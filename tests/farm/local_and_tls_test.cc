@@ -83,6 +83,37 @@ TEST(LocalMode, TheDemoSweepRunsEndToEndAndStopsEverything) {
   fs::remove_all(dir);
 }
 
+// `sdfarm local` with what users bring: a single-file checkpoint, LoRAs and a
+// VAE by name from folders, all passed on to its workers.
+TEST(LocalMode, ServesASingleFileWithLorasAndAVaeByName) {
+  const std::string dir = MakeDir("local-sf");
+  ASSERT_FALSE(dir.empty());
+  fs::create_directories(dir + "/loras");
+  fs::create_directories(dir + "/vaes");
+  fs::copy_file(SharedPath("models/lora/tiny-sd-lora-kohya.safetensors"), dir + "/loras/style.safetensors");
+  fs::copy(SharedPath("models/tiny-sd-vae-alt"), dir + "/vaes/alt", fs::copy_options::recursive);
+  RunResult r = RunProgram({SDFARM_CLIENT_BIN, "local", "--workers", "1", "--model",
+                            SharedPath("models/single_file/tiny-sd.safetensors"), "--model-config",
+                            SharedPath("models/tiny-sd"), "--lora-dir", dir + "/loras", "--vae-dir", dir + "/vaes",
+                            "--name", "styled", "--output-root", dir + "/out", "--prompt", "a cat in a hat", "--seeds",
+                            "0-1", "--steps", "3", "--size", "64x64", "--lora", "style:0.5", "--vae", "alt"},
+                           {{"OMP_NUM_THREADS", "1"}}, absl::Minutes(4));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string sweep = dir + "/out/styled";
+  std::vector<nlohmann::json> rows = ReadManifest(sweep);
+  ASSERT_EQ(rows.size(), 2u) << r.output;
+  for (const auto& row : rows) {
+    EXPECT_EQ(row["model"], "tiny-sd");  // the file's stem
+    EXPECT_EQ(row["vae"], "alt");
+    ASSERT_EQ(row["loras"].size(), 1u);
+    EXPECT_EQ(row["loras"][0]["name"], "style");
+    EXPECT_EQ(row["loras"][0]["scale"], 0.5);
+    EXPECT_EQ(row["loras"][0]["hash"].get<std::string>().size(), 12u);
+    EXPECT_NE(PngParameters(sweep + "/" + row["file_name"].get<std::string>()).find("Lora hashes"), std::string::npos);
+  }
+  EXPECT_TRUE(ProcessesMentioning(dir).empty()) << ProcessesMentioning(dir).front();
+}
+
 TEST(LocalMode, CtrlCStopsEveryChildAndExits130) {
   const std::string dir = MakeDir("local-int");
   ASSERT_FALSE(dir.empty());
