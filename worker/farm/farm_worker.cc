@@ -687,6 +687,8 @@ void FarmWorker::ProcessJob(const QueuedJob& queued) {
                           "); it will be redelivered after its lease");
       break;
   }
+  // Log first: whoever sees the counters move (tests, the final summary) also sees the line.
+  Log(line);
   {
     absl::MutexLock lock(&mu_);
     stats_.jobs_done += delta.jobs_done;
@@ -694,7 +696,6 @@ void FarmWorker::ProcessJob(const QueuedJob& queued) {
     stats_.jobs_dropped += delta.jobs_dropped;
     stats_.images += delta.images;
   }
-  Log(line);
 }
 
 std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const QueuedJob& queued, const Registration& reg,
