@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/grid.h"
+#include "client/local_farm_file.h"
 #include "client/local_mode.h"
 #include "client/progress.h"
 #include "common/grpc_util.h"
@@ -128,6 +129,7 @@ constexpr SweepFlag kSweepFlags[] = {
     {"priority", "priority"},
     {"lora", "loras"},
     {"vae", "vae"},
+    {"prompt-chunking", "prompt_chunking"},
 };
 
 absl::Status ToFlagError(const absl::Status& status) {
@@ -240,14 +242,6 @@ class IdleWatchdog {
   std::thread thread_;
 };
 
-absl::StatusOr<v1::SweepStatus> CallStatus(Connection* conn, const std::string& sweep) {
-  v1::SweepRef ref;
-  ref.set_sweep(sweep);
-  v1::SweepStatus status;
-  RETURN_IF_ERROR(conn->Unary(
-      [&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) { return stub->Status(ctx, ref, &status); }));
-  return status;
-}
 
 // Opens the connection or prints why not.
 std::unique_ptr<Connection> Connect(const tools::CliFlags& flags, int* code) {
@@ -296,7 +290,9 @@ constexpr char kWatchExitCodes[] =
 int RunSubmit(const std::vector<std::string>& args) {
   tools::CliFlags flags("sdfarm submit", "Submits a sweep to the coordinator and prints its id and output folder.");
   AddSweepFlags(&flags, /*model_flag=*/true);
-  flags.AddBool("dry-run", "validate and count only: images, jobs and an ETA from the live workers' throughput");
+  flags.AddBool("dry-run", "validate and count only: images, jobs, an ETA from the live workers' throughput, and the "
+                          "models the live workers serve");
+  flags.AddBool("wait-for-workers", "accept the sweep although no live worker serves its model yet (it waits for one)");
   flags.AddBool("watch", "then follow the sweep's progress until it ends (exit codes as for 'sdfarm watch')");
   flags.AddBool("json", "print the answer (and, with --watch, the events) as JSON lines");
   flags.Add("reconnect-timeout", "SECONDS", "with --watch: give up after the coordinator is unreachable this long",
@@ -333,6 +329,7 @@ int RunSubmit(const std::vector<std::string>& args) {
   request.set_request_id(RandomRequestId());
   request.set_spec_json(spec->ToJson().dump());
   request.set_dry_run(dry_run);
+  request.set_wait_for_workers(flags.GetBool("wait-for-workers"));
   v1::SubmitResponse response;
   absl::Status s = conn->Unary(
       [&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) { return stub->Submit(ctx, request, &response); });
@@ -342,22 +339,46 @@ int RunSubmit(const std::vector<std::string>& args) {
   }
   if (absl::IsInvalidArgument(s)) return PrintError(absl::StrCat("the coordinator rejected the sweep: ", s.message()));
   if (!s.ok()) return PrintError(s.message());
+  if (!json) {
+    for (const std::string& w : response.warnings()) std::cerr << "sdfarm: warning: " << w << "\n";
+  }
 
   const std::string eta = response.eta_seconds() > 0 ? FormatDuration(response.eta_seconds()) : "";
   if (dry_run) {
     if (json) {
+      Json served = Json::array();
+      for (const v1::ServedModel& m : response.served_models()) {
+        served.push_back({{"model", m.model()}, {"workers", m.workers()}, {"images_per_second", m.images_per_second()}});
+      }
+      Json warnings = Json::array();
+      for (const std::string& w : response.warnings()) warnings.push_back(w);
       std::cout << DumpJson({{"dry_run", true},
                              {"name", spec->name},
                              {"images", response.images()},
                              {"jobs", response.jobs()},
-                             {"eta_seconds", response.eta_seconds()}})
+                             {"eta_seconds", response.eta_seconds()},
+                             {"live_workers", response.live_workers()},
+                             {"served_models", std::move(served)},
+                             {"warnings", std::move(warnings)}})
                 << "\n";
     } else {
       std::cout << "sweep " << spec->name << ": " << response.images() << " images in " << response.jobs()
-                << " jobs, ETA "
-                << (eta.empty() ? "unknown (no live worker for model " + spec->model + " has shown its throughput yet)"
-                                : eta)
-                << "\n";
+                << " jobs for model " << spec->model << "\n";
+      std::string fleet;
+      for (const v1::ServedModel& m : response.served_models()) {
+        absl::StrAppend(&fleet, fleet.empty() ? "" : ", ", m.model(), " (", m.workers(), " worker",
+                        m.workers() == 1 ? "" : "s", ", ", FormatRate(m.images_per_second()), " images/s)");
+      }
+      if (response.live_workers() == 0) {
+        std::cout << "no live worker serves model " << spec->model << "; "
+                  << (fleet.empty() ? "no worker is live" : "the live workers serve " + fleet)
+                  << "\nsubmitting it needs --wait-for-workers (it then waits for a worker of " << spec->model << ")\n";
+      } else {
+        std::cout << response.live_workers() << " live worker" << (response.live_workers() == 1 ? "" : "s")
+                  << " serve " << spec->model << "; ETA "
+                  << (eta.empty() ? "unknown until they have finished an image" : eta) << "\n"
+                  << "the fleet serves: " << fleet << "\n";
+      }
     }
     return kExitOk;
   }
@@ -376,6 +397,9 @@ int RunSubmit(const std::vector<std::string>& args) {
   } else {
     std::cout << "sweep " << response.sweep_id() << " (" << spec->name << "): " << response.images() << " images in "
               << response.jobs() << " jobs" << (eta.empty() ? "" : ", ETA " + eta) << "\n";
+    if (response.live_workers() == 0) {
+      std::cout << "no live worker serves model " << spec->model << " yet: the sweep waits for one\n";
+    }
     if (!output_dir.empty()) std::cout << "output: " << output_dir << " (on the coordinator's machine)\n";
     if (!watch) std::cout << "follow it with: sdfarm watch " << response.sweep_id() << "\n";
     std::cout << std::flush;
@@ -420,17 +444,31 @@ void PrintStatus(const v1::SweepStatus& s) {
   if (s.failed() > 0) absl::StrAppend(&progress, ", ", s.failed(), " failed");
   absl::StrAppend(&progress, "; jobs ", s.jobs_done(), "/", s.jobs());
   rows.push_back({"progress", progress});
-  if (s.state() != v1::DONE && s.state() != v1::CANCELLED) {
-    rows.push_back({"rate", absl::StrCat(FormatRate(s.images_per_second()), " images/s, ETA ",
-                                         s.eta_seconds() > 0 ? FormatDuration(s.eta_seconds()) : "--")});
+  if (!s.active().empty()) {
+    std::vector<std::string> jobs;
+    for (const v1::ActiveJob& a : s.active()) {
+      jobs.push_back(absl::StrCat(a.job_id(), " on ", a.worker_id(), ": ", a.images(), " image",
+                                  a.images() == 1 ? "" : "s", a.total_steps() > 0 ? absl::StrCat(", step ", a.step(), "/",
+                                                                                                  a.total_steps())
+                                                                                  : ""));
+    }
+    rows.push_back({"rendering", absl::StrJoin(jobs, "; ")});
   }
-  if (s.workers_size() > 0) {
+  if (s.state() == v1::RUNNING) {
+    rows.push_back({"rate", absl::StrCat(FormatRate(s.images_per_second()), " images/s, ETA ",
+                                         s.eta_seconds() > 0 ? FormatDuration(s.eta_seconds()) : "--",
+                                         s.live_workers() == 0 ? " (no live worker serves the model)" : "")});
+  } else if (s.state() == v1::PAUSED) {
+    rows.push_back({"rate", "paused: no new jobs are handed out (sdfarm resume " + s.name() + ")"});
+  }
+  if (s.workers_size() > 0 && s.state() == v1::RUNNING) {
     std::vector<std::string> workers;
     for (const v1::WorkerRate& w : s.workers()) {
-      workers.push_back(absl::StrCat(w.worker_id(), " ", FormatRate(w.images_per_second()), "/s"));
+      workers.push_back(absl::StrCat(w.worker_id(), " ", FormatRate(w.images_per_second()), " images/s"));
     }
     rows.push_back({"workers", absl::StrJoin(workers, ", ")});
   }
+  for (const std::string& w : s.warnings()) rows.push_back({"warning", w});
   rows.push_back({"output", s.output_dir()});
   rows.push_back({"created", LocalTime(s.created_unix_ms())});
   std::cout << FormatTable(rows);
@@ -529,13 +567,51 @@ int RunSweepAction(const std::string& action, const std::vector<std::string>& ar
   return kExitOk;
 }
 
+int RunRemove(const std::vector<std::string>& args) {
+  tools::CliFlags flags("sdfarm rm",
+                        "Removes a sweep: cancels it if unfinished, forgets it on the coordinator (its name is free "
+                        "again) and deletes its output folder.");
+  flags.AllowPositional("SWEEP", "the sweep's id or name");
+  flags.AddBool("keep-files", "keep the output folder (images, metadata.jsonl); only forget the sweep");
+  flags.AddBool("json", "print the answer as JSON");
+  AddGlobalFlags(&flags);
+  flags.SetEpilog(
+      "Examples:\n"
+      "  sdfarm rm fox-study                 # the sweep and its images are gone\n"
+      "  sdfarm rm --keep-files fox-study    # forget it; the folder stays (move it before reusing the name)\n\n"
+      "For a sweep of `sdfarm local` whose farm is not running: sdfarm local --output-root DIR --rm NAME\n");
+  if (int code = ParseFlags(&flags, args); code >= 0) return code;
+  std::string sweep;
+  int code = 0;
+  if (!OnePositional(flags, "rm", "SWEEP (id or name)", &sweep, &code)) return code;
+  std::unique_ptr<Connection> conn = Connect(flags, &code);
+  if (!conn) return code;
+  absl::StatusOr<v1::RemoveResponse> removed = CallRemove(conn.get(), sweep, flags.GetBool("keep-files"));
+  if (!removed.ok()) return PrintError(removed.status().message());
+  if (flags.GetBool("json")) {
+    std::cout << DumpJson({{"sweep_id", removed->sweep_id()},
+                           {"name", removed->name()},
+                           {"output_dir", removed->output_dir()},
+                           {"files_deleted", removed->files_deleted()}})
+              << "\n";
+  } else {
+    std::cout << DescribeRemoval(*removed, flags.GetBool("keep-files")) << "\n";
+  }
+  return kExitOk;
+}
+
+
+
 int RunWorkers(const std::vector<std::string>& args) {
   tools::CliFlags flags("sdfarm workers", "Lists the workers the coordinator knows, one per line.");
   flags.AddBool("json", "print a JSON array");
   AddGlobalFlags(&flags);
   flags.SetEpilog(
-      "Columns: worker id, host, device, model, batch size, images/s, current job and its step,\n"
-      "time since the last heartbeat, and whether it is draining (finishing its job, then exiting).\n");
+      "Columns: worker id, host, device, model, batch size, images/s (images finished in the last\n"
+      "minute over the time since their jobs started, as in 'status' and 'watch'), current job and\n"
+      "its step, time since the last heartbeat, state: rendering, idle, draining (finishing its job,\n"
+      "then exiting) or lost (no heartbeat; listed for 10 minutes, then forgotten). Workers that\n"
+      "stop cleanly leave the list.\n");
   if (int code = ParseFlags(&flags, args); code >= 0) return code;
   if (!flags.positional().empty()) return UsageError("workers", "unexpected argument " + Quote(flags.positional()[0]));
   int code = 0;
@@ -564,7 +640,8 @@ int RunWorkers(const std::vector<std::string>& args) {
                      {"step", w.last_step().step()},
                      {"total_steps", w.last_step().total_steps()},
                      {"last_heartbeat_unix_ms", w.last_heartbeat_unix_ms()},
-                     {"draining", w.draining()}});
+                     {"draining", w.draining()},
+                     {"lost", w.lost()}});
     }
     std::cout << DumpJson(all) << "\n";
     return kExitOk;
@@ -574,7 +651,7 @@ int RunWorkers(const std::vector<std::string>& args) {
     return kExitOk;
   }
   std::vector<std::vector<std::string>> rows = {
-      {"ID", "HOST", "DEVICE", "MODEL", "BATCH", "IMG/S", "JOB", "STEP", "HEARTBEAT", "DRAINING"}};
+      {"ID", "HOST", "DEVICE", "MODEL", "BATCH", "IMAGES/S", "JOB", "STEP", "HEARTBEAT", "STATE"}};
   for (const v1::WorkerStatus& w : response.workers()) {
     const bool busy = !w.current_job_id().empty();
     const std::string step = busy && w.last_step().total_steps() > 0
@@ -584,7 +661,8 @@ int RunWorkers(const std::vector<std::string>& args) {
         w.last_heartbeat_unix_ms() > 0 ? FormatDuration((now_ms - w.last_heartbeat_unix_ms()) / 1000.0) + " ago" : "-";
     rows.push_back({w.worker_id(), w.info().host(), w.info().device(), w.info().model(),
                     absl::StrCat(w.info().batch_size()), FormatRate(w.images_per_second()),
-                    busy ? w.current_job_id() : "-", step, seen, w.draining() ? "yes" : "no"});
+                    busy ? w.current_job_id() : "-", step, seen,
+                    w.lost() ? "lost" : w.draining() ? "draining" : busy ? "rendering" : "idle"});
   }
   std::cout << FormatTable(rows);
   return kExitOk;
@@ -682,7 +760,7 @@ int RunGrid(const std::vector<std::string>& args) {
   flags.Add("rows", "KEY", "metadata key along the rows", "seed");
   flags.Add("cols", "KEY", "metadata key along the columns (guidance = guidance_scale)", "guidance");
   flags.Add("max-cell", "PIXELS", "larger images are downscaled to this many pixels a side (16..4096)", "256");
-  flags.Add("out", "DIR", "where to write the sheets (default: the sweep folder)");
+  flags.Add("out", "DIR", "where to write the sheets (default: <sweep folder>.grids beside it, outside the dataset)");
   flags.SetEpilog(
       "Keys: seed, guidance (guidance_scale), steps, sampler, prompt, negative_prompt, width, height.\n"
       "When other parameters vary too, one sheet per combination: grid-001.png, grid-002.png, ...\n\n"
@@ -723,6 +801,7 @@ constexpr char kTopUsage[] =
     "  cancel    cancel a sweep\n"
     "  pause     stop handing out a sweep's jobs\n"
     "  resume    resume a paused sweep\n"
+    "  rm        remove a sweep: cancel it, forget it, delete its folder (--keep-files keeps it)\n"
     "  workers   list the workers with their rates and current jobs\n"
     "  get       download a sweep's images and metadata.jsonl\n"
     "  grid      make contact sheets (e.g. seed by guidance) from a sweep folder\n"
@@ -730,6 +809,8 @@ constexpr char kTopUsage[] =
     "Global flags (before or after the command):\n"
     "  --coordinator HOST:PORT   the coordinator (default 127.0.0.1:7733) [env SDFARM_COORDINATOR]\n"
     "  --token T                 the client token [env SDFARM_TOKEN]\n"
+    "                            Without both: a running `sdfarm local` of ./sdfarm-out (or\n"
+    "                            $SDFARM_OUTPUT_ROOT), else the last one started, is used by itself.\n"
     "  --tls-ca PEM              verify the coordinator's TLS certificate against this CA [env SDFARM_TLS_CA]\n"
     "  --timeout SECONDS         per call, retries while unavailable included (default 30)\n"
     "\n"
@@ -749,6 +830,40 @@ bool IsGlobalFlag(std::string_view name) {
 }
 
 }  // namespace
+
+std::vector<std::string> SweepFlagNames() {
+  std::vector<std::string> names = {"file"};
+  for (const SweepFlag& f : kSweepFlags) {
+    if (std::string_view(f.flag) != "model") names.push_back(f.flag);
+  }
+  return names;
+}
+
+absl::StatusOr<v1::SweepStatus> CallStatus(Connection* conn, const std::string& sweep) {
+  v1::SweepRef ref;
+  ref.set_sweep(sweep);
+  v1::SweepStatus status;
+  RETURN_IF_ERROR(conn->Unary(
+      [&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) { return stub->Status(ctx, ref, &status); }));
+  return status;
+}
+
+absl::StatusOr<v1::RemoveResponse> CallRemove(Connection* conn, const std::string& sweep, bool keep_files) {
+  v1::RemoveRequest request;
+  request.set_sweep(sweep);
+  request.set_keep_files(keep_files);
+  v1::RemoveResponse response;
+  RETURN_IF_ERROR(conn->Unary(
+      [&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) { return stub->Remove(ctx, request, &response); }));
+  return response;
+}
+
+std::string DescribeRemoval(const v1::RemoveResponse& r, bool keep_files) {
+  return keep_files ? absl::StrCat("removed sweep ", r.sweep_id(), " (", r.name(), "); its files stay in ",
+                                   r.output_dir())
+                    : absl::StrCat("removed sweep ", r.sweep_id(), " (", r.name(), ") and its folder ", r.output_dir(),
+                                   " (", r.files_deleted(), " files and folders)");
+}
 
 // ---------------------------------------------------------------- shared --
 
@@ -796,6 +911,14 @@ absl::StatusOr<GlobalOptions> GlobalsFromFlags(const tools::CliFlags& flags) {
   if (!timeout.ok()) return ToAbsl(timeout.status());
   options.timeout = absl::Seconds(*timeout);
   if (options.coordinator.empty()) return absl::InvalidArgumentError("--coordinator is empty");
+  if (!flags.Has("coordinator") && !flags.Has("token")) {
+    // Neither given: a running `sdfarm local` of this folder (or the user's latest).
+    if (std::optional<LocalFarm> local = FindLocalFarm()) {
+      options.coordinator = local->coordinator;
+      options.token = local->token;
+      options.local_farm_root = local->output_root;
+    }
+  }
   return options;
 }
 
@@ -816,7 +939,10 @@ void AddSweepFlags(tools::CliFlags* flags, bool model_flag) {
   flags->Add("sampler", "NAMES",
              "samplers, comma list (default euler_a; pndm ddim euler euler_a lms dpmpp_2m dpmpp_2m_karras ddpm)",
              std::nullopt, /*repeatable=*/true);
-  flags->Add("size", "LIST", "image sizes WxH, e.g. 512x512,768x512 (default 512x512)");
+  flags->Add("size", "LIST",
+             model_flag ? "image sizes WxH, e.g. 512x512,768x512 (default 512x512)"
+                        : "image sizes WxH, e.g. 512x512,768x512 (default: the model's own, as diffusers: 512x512 for "
+                          "SD 1.x, 256x256 for the bundled model)");
   flags->Add("images-per-combination", "N", "seed s also renders s+1, ..., s+N-1 (default 1)");
   flags->AddBool("zip", "advance the lists together (length-1 lists repeat) instead of the Cartesian product");
   flags->Add("priority", "N", "1..100: weight in the fair share between sweeps (default 1)");
@@ -825,6 +951,9 @@ void AddSweepFlags(tools::CliFlags* flags, bool model_flag) {
              "several. For LoRA sets as a sweep axis use a sweep file (loras: [[], style:0.5, style:1])",
              std::nullopt, /*repeatable=*/true);
   flags->Add("vae", "NAME", "a VAE from the workers' --vae-dir instead of the model's own");
+  flags->AddBool("prompt-chunking",
+                 "encode prompts over 75 tokens in chunks of 75, as AUTOMATIC1111 does (default: CLIP's 77-token "
+                 "limit cuts them, with a warning)");
 }
 
 std::string DefaultSweepName(std::string_view model, absl::Time now, absl::TimeZone zone) {
@@ -870,13 +999,18 @@ absl::StatusOr<SweepSpec> SpecFromFlags(const tools::CliFlags& flags, const Swee
     }
     j["samplers"] = samplers;
   }
-  if (flags.Has("size")) j["sizes"] = SplitList(flags.Get("size"));
+  if (flags.Has("size")) {
+    j["sizes"] = SplitList(flags.Get("size"));
+  } else if (!defaults.size.empty()) {
+    j["sizes"] = {defaults.size};
+  }
   if (flags.Has("images-per-combination")) {
     ASSIGN_OR_RETURN(j["images_per_combination"], ParseOneInt(flags, "images-per-combination"));
   }
   if (flags.GetBool("zip")) j["combine"] = "zip";
   if (auto loras = flags.GetAll("lora"); !loras.empty()) j["lora"] = loras;  // one set
   if (flags.Has("vae")) j["vae"] = flags.Get("vae");
+  if (flags.GetBool("prompt-chunking")) j["prompt_chunking"] = true;
   if (flags.Has("priority")) {
     ASSIGN_OR_RETURN(j["priority"], ParseOneInt(flags, "priority"));
   }
@@ -1036,19 +1170,28 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const GlobalOptions
 
 absl::Status Connection::Unary(
     const std::function<grpc::Status(v1::ClientService::Stub*, grpc::ClientContext*)>& call) {
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time start = absl::Now(), deadline = start + options_.timeout;
   absl::Duration backoff = absl::Milliseconds(200);
   while (true) {
     grpc::ClientContext ctx;
     PrepareContext(&ctx, options_.token, std::max(deadline - absl::Now(), absl::Milliseconds(1)));
     const grpc::Status s = call(stub_.get(), &ctx);
-    if (s.ok()) return absl::OkStatus();
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() + backoff >= deadline) {
+    if (s.ok()) {
+      answered_ = true;
+      return absl::OkStatus();
+    }
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) answered_ = true;
       return Explain(FromGrpc(s));
     }
+    // A coordinator that never answered is most likely not there at all: say
+    // so within first_contact_timeout; one that answered before is retried
+    // (a restart) for the whole timeout.
+    const absl::Duration limit = answered_ ? options_.timeout : std::min(options_.timeout, options_.first_contact_timeout);
+    if (absl::Now() + backoff >= start + limit) return Explain(FromGrpc(s));
     if (!warned_unavailable_) {
       std::cerr << "sdfarm: the coordinator at " << options_.coordinator << " is unavailable (" << s.error_message()
-                << "); retrying for up to " << absl::FormatDuration(options_.timeout) << "\n";
+                << "); retrying for up to " << absl::FormatDuration(limit) << "\n";
       warned_unavailable_ = true;
     }
     absl::SleepFor(backoff);
@@ -1061,8 +1204,13 @@ absl::Status Connection::Explain(const absl::Status& status) const {
   const std::string message(status.message());
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
-      return absl::UnavailableError(absl::StrCat("cannot reach ", where, " (", message,
-                                                 "); is it running? (--coordinator or SDFARM_COORDINATOR)"));
+      if (!options_.local_farm_root.empty()) {
+        return absl::UnavailableError(absl::StrCat("cannot reach the local farm of ", options_.local_farm_root,
+                                                   " at ", options_.coordinator, " (", message, ")"));
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach ", where, " (", message,
+          "); is it running? (--coordinator or SDFARM_COORDINATOR; a running `sdfarm local` is found by itself)"));
     case absl::StatusCode::kUnauthenticated:
       return absl::UnauthenticatedError(
           absl::StrCat(where, " refused the call: ", message, " (give the client token with --token or SDFARM_TOKEN)"));
@@ -1084,6 +1232,7 @@ absl::StatusOr<v1::SweepStatus> SweepWatcher::Run(const std::function<void(const
   absl::Time last_contact = absl::Now();
   absl::Duration backoff = options_.initial_backoff;
   bool outage_noted = false;
+  bool ever_answered = connection_->answered();
   while (true) {
     grpc::ClientContext ctx;
     PrepareContext(&ctx, connection_->options().token, options_.stream_timeout);
@@ -1134,6 +1283,11 @@ absl::StatusOr<v1::SweepStatus> SweepWatcher::Run(const std::function<void(const
     // A stream that ran into its own deadline after delivering events is
     // just reopened; anything else is an outage, retried with backoff.
     if (got_event && (status.ok() || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) continue;
+    if (got_event) ever_answered = true;
+    if (!ever_answered && absl::Now() - last_contact > connection_->options().first_contact_timeout) {
+      // Never reached: most likely not running at all, not restarting.
+      return connection_->Explain(FromGrpc(status));
+    }
     if (absl::Now() - last_contact > options_.reconnect_timeout) {
       return absl::DeadlineExceededError(
           absl::StrCat("lost the coordinator at ", connection_->options().coordinator, " for longer than ",
@@ -1232,6 +1386,7 @@ int RunCli(int argc, char** argv) {
     if (command == "ls" || command == "list") return RunList(command_args);
     if (command == "cancel" || command == "pause" || command == "resume") return RunSweepAction(command, command_args);
     if (command == "workers") return RunWorkers(command_args);
+    if (command == "rm") return RunRemove(command_args);
     if (command == "get") return RunGet(command_args);
     if (command == "grid") return RunGrid(command_args);
     if (command == "local") return RunLocal(command_args);
@@ -1239,7 +1394,7 @@ int RunCli(int argc, char** argv) {
     return PrintError(absl::StrCat("internal error: ", e.what()));
   }
   std::cerr << "sdfarm: error: unknown command " << Quote(command)
-            << " (commands: local submit watch status ls cancel pause resume workers get grid; see 'sdfarm --help')\n";
+            << " (commands: local submit watch status ls cancel pause resume rm workers get grid; see 'sdfarm --help')\n";
   return kExitUsage;
 }
 

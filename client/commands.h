@@ -60,6 +60,10 @@ struct GlobalOptions {
   std::string token;
   std::string tls_ca;
   absl::Duration timeout = absl::Seconds(30);  // per unary call, retries included
+  // How long calls retry a coordinator that has never answered this process
+  // (a wrong address, a farm that is not running): a clear error soon.
+  absl::Duration first_contact_timeout = absl::Seconds(5);
+  std::string local_farm_root;  // set when the address came from a running `sdfarm local`
 };
 void AddGlobalFlags(tools::CliFlags* flags);
 absl::StatusOr<GlobalOptions> GlobalsFromFlags(const tools::CliFlags& flags);
@@ -77,6 +81,8 @@ struct SweepDefaults {
   // Default name "<model>-<hash of the spec>" instead of "<model>-<time>", so
   // that the same flags always describe the same sweep (local mode resumes).
   bool name_from_spec = false;
+  // Used when --size is not given (flags only): "WxH"; empty: the spec's default.
+  std::string size;
 };
 
 // Builds and validates (the coordinator's rules) the spec from the sweep
@@ -146,6 +152,7 @@ class Connection {
 
   v1::ClientService::Stub* stub() { return stub_.get(); }
   const GlobalOptions& options() const { return options_; }
+  bool answered() const { return answered_; }
 
  private:
   Connection(GlobalOptions options, std::unique_ptr<v1::ClientService::Stub> stub)
@@ -154,6 +161,7 @@ class Connection {
   GlobalOptions options_;
   std::unique_ptr<v1::ClientService::Stub> stub_;
   bool warned_unavailable_ = false;
+  bool answered_ = false;  // the coordinator has answered a call of this connection
 };
 
 struct WatchOptions {
@@ -192,6 +200,15 @@ class SweepWatcher {
 
 // The exit code for a sweep's final status: 0, kExitSweepFailed or kExitSweepCancelled.
 int ExitCodeForSweep(const v1::SweepStatus& status);
+
+// The sweep flags' names ("file", "name", "prompt", "seeds", ...; not "model").
+std::vector<std::string> SweepFlagNames();
+// A sweep's status (retried as Connection::Unary does).
+absl::StatusOr<v1::SweepStatus> CallStatus(Connection* conn, const std::string& sweep);
+// `sdfarm rm`: forgets a sweep (and deletes its folder unless keep_files).
+absl::StatusOr<v1::RemoveResponse> CallRemove(Connection* conn, const std::string& sweep, bool keep_files);
+// "removed sweep ID (NAME) and its folder DIR (N files and folders)".
+std::string DescribeRemoval(const v1::RemoveResponse& removed, bool keep_files);
 
 }  // namespace sdfarm::client
 

@@ -612,6 +612,14 @@ struct Sheet {
 
 }  // namespace
 
+std::string DefaultGridDir(const std::string& sweep_dir) {
+  std::error_code ec;
+  fs::path d = fs::absolute(fs::path(sweep_dir), ec).lexically_normal();
+  if (ec) d = fs::path(sweep_dir).lexically_normal();
+  if (!d.has_filename()) d = d.parent_path();  // "out/fox/" -> "out/fox"
+  return (d.parent_path() / (d.filename().string() + ".grids")).string();
+}
+
 absl::StatusOr<GridSummary> MakeGrid(const std::string& sweep_dir, const GridOptions& options) {
   if (options.max_cell < kMinCell || options.max_cell > kMaxCell) {
     return absl::InvalidArgumentError(
@@ -683,8 +691,8 @@ absl::StatusOr<GridSummary> MakeGrid(const std::string& sweep_dir, const GridOpt
   for (int r = 0; r < rows; ++r) row_labels.push_back(AxisLabel(rk, rk.values[rk.order[r]]));
   for (int c = 0; c < cols; ++c) col_labels.push_back(AxisLabel(ck, ck.values[ck.order[c]]));
 
-  const fs::path out_dir = options.out_dir.empty() ? dir : fs::path(options.out_dir);
-  if (!options.out_dir.empty()) {
+  const fs::path out_dir = options.out_dir.empty() ? fs::path(DefaultGridDir(dir)) : fs::path(options.out_dir);
+  {
     std::error_code ec;
     fs::create_directories(out_dir, ec);
     if (ec) return absl::FailedPreconditionError(absl::StrCat(out_dir.string(), ": ", ec.message()));

@@ -4,7 +4,7 @@
 //
 //   GridOptions opts;                     // rows: seed, columns: guidance_scale
 //   ASSIGN_OR_RETURN(GridSummary g, MakeGrid("out/fox-study", opts));
-//   // g.files == {"out/fox-study/grid.png"}
+//   // g.files == {"out/fox-study.grids/grid.png"}
 //
 // Axes are metadata.jsonl keys (seed, guidance_scale, steps, sampler, prompt,
 // negative_prompt, width, height, ...; "guidance", "cfg" are accepted for
@@ -33,9 +33,11 @@
 // images are centred in them. If a sheet would exceed the largest PNG
 // (engine::kMaxPngDimension a side), its cells are downscaled further.
 // When two rows have the same values, the first one in the file is shown.
-// Sheets are written atomically into the sweep folder (or out_dir when set,
-// created if needed); the paths returned are that folder joined with the
-// sheet's name.
+// Sheets are written atomically into "<sweep folder>.grids" beside the sweep
+// folder (or out_dir when set), created if needed, never into the sweep folder
+// itself: it is a Hugging Face imagefolder dataset, where an image without a
+// metadata.jsonl row breaks load_dataset (datasets < 3.4). The paths
+// returned are that folder joined with the sheet's name.
 #ifndef SDFARM_CLIENT_GRID_H_
 #define SDFARM_CLIENT_GRID_H_
 
@@ -50,8 +52,11 @@ struct GridOptions {
   std::string rows = "seed";
   std::string cols = "guidance_scale";
   int max_cell = 256;       // pixels; 16..4096
-  std::string out_dir;      // empty: the sweep folder
+  std::string out_dir;      // empty: DefaultGridDir(sweep folder)
 };
+
+// "<parent>/<name>.grids" for the sweep folder "<parent>/<name>".
+std::string DefaultGridDir(const std::string& sweep_dir);
 
 struct GridSummary {
   std::vector<std::string> files;  // the sheets written, full paths

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "client/commands.h"
 #include "client/grid.h"
+#include "client/local_farm_file.h"
 #include "client/progress.h"
 #include "common/grpc_util.h"
 #include "common/redis_client.h"
@@ -132,6 +134,32 @@ absl::StatusOr<std::string> LocalModelName(std::string_view model_dir, std::stri
                      model_name.empty() ? "; give one with --model-name" : ""));
   }
   return name;
+}
+
+// The model's own image side, from its unet and vae configs (the diffusers
+// folder, or --model-config for a single file); 0 when they cannot tell.
+int NativeSide(const std::string& model, const std::string& model_config) {
+  const fs::path dir = fs::path(model).extension() == ".safetensors" ? fs::path(model_config) : fs::path(model);
+  if (dir.empty()) return 0;
+  auto read = [](const fs::path& file) {
+    std::ifstream in(file);
+    std::stringstream text;
+    text << in.rdbuf();
+    return nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  };
+  const nlohmann::json unet = read(dir / "unet" / "config.json");
+  const nlohmann::json vae = read(dir / "vae" / "config.json");
+  if (!unet.is_object()) return 0;
+  // diffusers' defaults: sample_size 64 for the configs of before it was written.
+  int sample = 64;
+  if (unet.contains("sample_size") && unet["sample_size"].is_number_integer()) sample = unet["sample_size"].get<int>();
+  int scale = 8;
+  if (vae.is_object() && vae.contains("block_out_channels") && vae["block_out_channels"].is_array() &&
+      !vae["block_out_channels"].empty()) {
+    scale = 1 << (vae["block_out_channels"].size() - 1);
+  }
+  const int side = sample * scale;
+  return side >= 64 && side <= 2048 && side % 8 == 0 ? side : 0;
 }
 
 absl::StatusOr<std::pair<std::string, std::string>> ParseGridAxes(std::string_view text) {
@@ -269,6 +297,9 @@ struct LocalOptions {
   absl::Duration timeout = absl::Seconds(30);
   std::optional<std::pair<std::string, std::string>> grid;
   bool json = false;
+  std::string resume;  // --resume NAME: go on with that earlier sweep (no sweep flags)
+  std::string remove;  // --rm NAME: remove that sweep and its folder, render nothing
+  std::string model_flag;  // --model as given, for the hints
 };
 
 struct Child {
@@ -297,6 +328,14 @@ class LocalRun {
   absl::Status StartCoordinator();
   absl::Status StartWorkers();
   absl::Status Submit(std::string* sweep_id);
+  // Finds --resume's sweep and checks that these workers can render it.
+  absl::Status FindResumed(std::string* sweep_id);
+  // Lists the earlier unfinished sweeps (held paused by the coordinator) with
+  // how to resume or drop them; resumes `sweep_id` if it was held.
+  absl::Status ReportHeldSweeps(const std::string& sweep_id);
+  // --rm: removes a sweep with only Redis and the coordinator running.
+  int RunRemove();
+  void PublishAddress();
   // Notes workers that exited; an error when the farm cannot go on.
   absl::Status CheckChildren();
   absl::StatusOr<std::unique_ptr<Subprocess>> Spawn(const std::string& label, std::vector<std::string> argv,
@@ -314,6 +353,7 @@ class LocalRun {
   fs::path state_, logs_;
   std::string coordinator_bin_, worker_bin_, redis_bin_;
   int lock_fd_ = -1;
+  bool published_ = false;
   std::string client_token_ = RandomRequestId(), worker_token_ = RandomRequestId();
   int redis_port_ = 0, coordinator_port_ = 0;
   std::string redis_password_;
@@ -468,7 +508,9 @@ absl::Status LocalRun::StartCoordinator() {
                                    "--port-file",
                                    port_file,
                                    "--output-root",
-                                   options_.output_root.string()};
+                                   options_.output_root.string(),
+                                   // Each run renders only what it was asked for.
+                                   "--hold-unfinished"};
   // Secrets travel in the environment, never on a command line (ps shows
   // those to every user). Empty values mask the caller's own settings.
   std::vector<std::pair<std::string, std::string>> env = {
@@ -508,7 +550,23 @@ absl::Status LocalRun::StartCoordinator() {
   globals.token = client_token_;
   globals.timeout = options_.timeout;
   ASSIGN_OR_RETURN(connection_, Connection::Open(globals));
+  PublishAddress();
   return absl::OkStatus();
+}
+
+void LocalRun::PublishAddress() {
+  // Other shells' `sdfarm status/watch/cancel/...` find the farm by these.
+  LocalFarm farm;
+  farm.coordinator = absl::StrCat("127.0.0.1:", coordinator_port_);
+  farm.token = client_token_;
+  farm.output_root = options_.output_root.string();
+  farm.pid = getpid();
+  for (const fs::path& file : {LocalFarmFile(options_.output_root), UserLocalFarmFile()}) {
+    if (absl::Status s = WriteLocalFarm(file, farm); !s.ok()) {
+      Note(absl::StrCat("sdfarm: note: other shells cannot find this farm by themselves: ", s.message()));
+    }
+  }
+  published_ = true;
 }
 
 absl::Status LocalRun::StartWorkers() {
@@ -551,6 +609,7 @@ absl::Status LocalRun::Submit(std::string* sweep_id) {
   // The same spec, the same request id: a re-run finds the sweep it started.
   request.set_request_id(SpecRequestId(spec_));
   request.set_spec_json(spec_.ToJson().dump());
+  request.set_wait_for_workers(true);  // ours are starting
   v1::SubmitResponse response;
   absl::Status s = connection_->Unary(
       [&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) { return stub->Submit(ctx, request, &response); });
@@ -561,8 +620,75 @@ absl::Status LocalRun::Submit(std::string* sweep_id) {
                      options_.output_root.string(), "; choose another --name or --output-root"));
   }
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat("the coordinator refused the sweep: ", s.message()));
+  for (const std::string& w : response.warnings()) Note("sdfarm: warning: " + w);
   *sweep_id = response.sweep_id();
   return absl::OkStatus();
+}
+
+absl::Status LocalRun::FindResumed(std::string* sweep_id) {
+  absl::StatusOr<v1::SweepStatus> status = CallStatus(connection_.get(), options_.resume);
+  if (absl::IsNotFound(status.status())) {
+    return absl::NotFoundError(absl::StrCat("no sweep named ", options_.resume, " under ",
+                                            options_.output_root.string(), " (sdfarm ls lists them while a farm runs)"));
+  }
+  if (!status.ok()) return status.status();
+  if (status->model() != spec_.model) {
+    return absl::FailedPreconditionError(absl::StrCat("sweep ", status->name(), " is for model ", status->model(),
+                                                      "; these workers serve ", spec_.model, " (give its --model)"));
+  }
+  *sweep_id = status->sweep_id();
+  spec_.name = status->name();
+  return absl::OkStatus();
+}
+
+absl::Status LocalRun::ReportHeldSweeps(const std::string& sweep_id) {
+  v1::ListResponse list;
+  RETURN_IF_ERROR(connection_->Unary([&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) {
+    return stub->List(ctx, v1::ListRequest(), &list);
+  }));
+  std::vector<const v1::SweepStatus*> held;
+  for (const v1::SweepStatus& s : list.sweeps()) {
+    if (s.sweep_id() == sweep_id) {
+      if (s.state() == v1::PAUSED) {
+        v1::SweepRef ref;
+        ref.set_sweep(sweep_id);
+        v1::SweepStatus resumed;
+        RETURN_IF_ERROR(connection_->Unary([&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) {
+          return stub->Resume(ctx, ref, &resumed);
+        }));
+      }
+    } else if (s.state() == v1::RUNNING || s.state() == v1::PAUSED) {
+      held.push_back(&s);
+    }
+  }
+  if (held.empty()) return absl::OkStatus();
+  const std::string root = options_.output_root.string();
+  std::string text = absl::StrCat("sdfarm: ", held.size(), " earlier unfinished sweep", held.size() == 1 ? "" : "s",
+                                  " in ", root, " wait", held.size() == 1 ? "s" : "", " (paused; this run renders only ",
+                                  spec_.name, "):");
+  for (const v1::SweepStatus* s : held) {
+    absl::StrAppend(&text, "\n  ", s->name(), "  ", s->done(), "/", s->total(), " done, model ", s->model());
+  }
+  const std::string& example = held.front()->name();
+  const std::string model = held.front()->model() == spec_.model && !options_.model_flag.empty()
+                                ? options_.model_flag
+                                : "<its model>";
+  absl::StrAppend(&text, "\n  resume one: sdfarm local --output-root ", root, " --model ", model, " --resume ",
+                  example, "\n  drop one:   sdfarm local --output-root ", root, " --rm ", example,
+                  "   (deletes its images)");
+  Note(text);
+  return absl::OkStatus();
+}
+
+int LocalRun::RunRemove() {
+  if (absl::Status s = Prepare(); !s.ok()) return Fail(s);
+  if (absl::Status s = StartRedis(); !s.ok()) return Fail(s);
+  if (absl::Status s = StartCoordinator(); !s.ok()) return Fail(s);
+  absl::StatusOr<v1::RemoveResponse> removed = CallRemove(connection_.get(), options_.remove, /*keep_files=*/false);
+  StopAll();
+  if (!removed.ok()) return Fail(removed.status());
+  std::cout << DescribeRemoval(*removed, /*keep_files=*/false) << "\n";
+  return kExitOk;
 }
 
 absl::Status LocalRun::CheckChildren() {
@@ -609,6 +735,11 @@ void LocalRun::StopAll() {
     if (w.process) w.process->Stop(absl::ZeroDuration());
   }
   connection_.reset();  // the coordinator need not wait for our idle channel
+  if (published_) {
+    RemoveLocalFarm(LocalFarmFile(options_.output_root), getpid());
+    RemoveLocalFarm(UserLocalFarmFile(), getpid());
+    published_ = false;
+  }
   if (coordinator_ && coordinator_->process) coordinator_->process->Stop(kServiceGrace);
   if (redis_ && redis_->process) redis_->process->Stop(kServiceGrace);
   if (lock_fd_ >= 0) {
@@ -662,15 +793,20 @@ class WatchThread {
 };
 
 int LocalRun::Run() {
+  if (!options_.remove.empty()) return RunRemove();
   if (absl::Status s = Prepare(); !s.ok()) return Fail(s);
   if (absl::Status s = StartRedis(); !s.ok()) return Fail(s);
   if (absl::Status s = StartCoordinator(); !s.ok()) return Fail(s);
-  if (absl::Status s = StartWorkers(); !s.ok()) return Fail(s);
   std::string sweep_id;
-  if (absl::Status s = Submit(&sweep_id); !s.ok()) return Fail(s);
+  if (absl::Status s = options_.resume.empty() ? Submit(&sweep_id) : FindResumed(&sweep_id); !s.ok()) return Fail(s);
+  if (absl::Status s = ReportHeldSweeps(sweep_id); !s.ok()) return Fail(s);
+  if (absl::Status s = StartWorkers(); !s.ok()) return Fail(s);
   if (signals_->Wait(absl::ZeroDuration()) != 0) return Fail(Interrupted());
   if (!options_.json) {
-    std::cout << "sweep " << sweep_id << " (" << spec_.name << "): " << coordinator::CountImages(spec_) << " images on "
+    std::cout << "sweep " << sweep_id << " (" << spec_.name << "): "
+              << (options_.resume.empty() ? absl::StrCat(coordinator::CountImages(spec_), " images")
+                                          : std::string("resumed"))
+              << " on "
               << options_.workers << " worker" << (options_.workers == 1 ? "" : "s") << "; logs in " << logs_.string()
               << "\n"
               << std::flush;
@@ -795,6 +931,8 @@ int RunLocal(const std::vector<std::string>& raw_args) {
   flags.Add("batch-size", "N", "images per engine call (default: the worker's)");
   flags.Add("grid", "ROWS:COLS", "then make a contact sheet; a bare --grid is seed:guidance");
   flags.AddBool("json", "print watch events and a final summary as JSON lines");
+  flags.Add("resume", "NAME", "go on with an earlier unfinished sweep of this output root (no sweep flags)");
+  flags.Add("rm", "NAME", "remove an earlier sweep of this output root and delete its folder; renders nothing");
   flags.Add("startup-timeout", "SECONDS", "for redis-server and the coordinator to come up", "60");
   flags.Add("timeout", "SECONDS", "per call to the coordinator", "30");
   flags.SetEpilog(
@@ -811,6 +949,13 @@ int RunLocal(const std::vector<std::string>& raw_args) {
       "named after a hash of its settings (or --name), random:N seeds are drawn from a hash of\n"
       "--seeds, and its state is kept in DIR/.sdfarm-local/redis. Reusing a --name with other\n"
       "settings is refused.\n\n"
+      "A run renders only the sweep it was given: earlier unfinished sweeps of the same output\n"
+      "root stay paused and are listed, with how to go on with one (--resume NAME) or drop it\n"
+      "(--rm NAME).\n\n"
+      "While it runs, the other commands reach it from another shell by themselves (sdfarm status,\n"
+      "watch, workers, pause, cancel, rm): its address and client token are in\n"
+      "DIR/.sdfarm-local/farm.json and ~/.local/state/sdfarm/local-farm.json (owner-only, removed\n"
+      "at exit).\n\n"
       "Exit codes: 0 done; 3 done with failed images; 4 cancelled (sdfarm cancel from another\n"
       "shell); 1 errors (a program missing or exiting, all workers dead, ...); 2 bad flags;\n"
       "130 interrupted.\n");
@@ -856,7 +1001,8 @@ int RunLocal(const std::vector<std::string>& raw_args) {
       return usage(absl::StrCat("--model: no ", single_file ? "file" : "folder", " \"", options.model_dir, "\""));
     }
   }
-  absl::StatusOr<std::string> model_name = LocalModelName(options.model_dir, flags.Get("model-name"), options.engine);
+  absl::StatusOr<std::string> model_name =
+      flags.Has("rm") ? std::string("none") : LocalModelName(options.model_dir, flags.Get("model-name"), options.engine);
   if (!model_name.ok()) return usage(model_name.status().message());
   auto startup = flags.GetDouble("startup-timeout", 1, 3600);
   if (!startup.ok()) return usage(startup.status().message());
@@ -874,9 +1020,36 @@ int RunLocal(const std::vector<std::string>& raw_args) {
   if (ec || flags.Get("output-root").empty())
     return usage("--output-root: bad folder \"" + flags.Get("output-root") + "\"");
 
+  options.resume = flags.Get("resume");
+  options.remove = flags.Get("rm");
+  options.model_flag = options.model_dir;
+  if (!options.resume.empty() || !options.remove.empty()) {
+    // The sweep is the stored one: no sweep flags.
+    for (const std::string& f : SweepFlagNames()) {
+      if (flags.Has(f) || (f == "zip" && flags.GetBool("zip")) || (f == "prompt-chunking" && flags.GetBool(f))) {
+        return usage(absl::StrCat("--", f, " cannot go with --", options.remove.empty() ? "resume" : "rm",
+                                  " (the sweep's settings are stored)"));
+      }
+    }
+    if (!options.resume.empty() && !options.remove.empty()) return usage("--resume and --rm exclude each other");
+    coordinator::SweepSpec spec;
+    spec.model = *model_name;
+    spec.name = options.remove.empty() ? options.resume : options.remove;
+    BlockedSignals signals;
+    LocalRun run(std::move(options), std::move(spec), &signals);
+    return run.Run();
+  }
+
   SweepDefaults defaults;
   defaults.model = *model_name;
   defaults.name_from_spec = true;
+  if (options.engine.empty()) {
+    // As diffusers: the model's own size (unet sample_size x the VAE's
+    // scale), not a fixed 512x512 (256x256 for the bundled model: seconds a
+    // CPU image, where 512x512 takes minutes).
+    const int side = NativeSide(options.model_dir, flags.Get("model-config"));
+    if (side > 0) defaults.size = absl::StrCat(side, "x", side);
+  }
   // random:N must draw the same seeds every time for a re-run to resume.
   std::string basis = flags.Get("seeds");
   if (flags.Has("file")) {

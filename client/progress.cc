@@ -22,9 +22,23 @@ std::string Counts(const v1::SweepStatus& s) { return absl::StrCat(s.done(), "/"
 bool Finished(const v1::SweepStatus& s) { return s.state() == v1::DONE || s.state() == v1::CANCELLED; }
 
 std::string EtaText(const v1::SweepStatus& s) {
-  if (Finished(s)) return "";
+  if (Finished(s) || s.state() == v1::PAUSED) return "";
   if (s.eta_seconds() > 0) return "ETA " + FormatDuration(s.eta_seconds());
   return "ETA --";
+}
+
+// "rendering 4 (step 12/20)" or "rendering 8 in 2 jobs (55%)"; "" when nothing is.
+std::string RenderingText(const v1::SweepStatus& s) {
+  if (Finished(s) || s.active().empty()) return "";
+  int64_t images = 0;
+  for (const v1::ActiveJob& a : s.active()) images += a.images();
+  if (s.active().size() == 1) {
+    const v1::ActiveJob& a = s.active(0);
+    if (a.total_steps() <= 0) return absl::StrCat("rendering ", images);
+    return absl::StrCat("rendering ", images, " (step ", a.step(), "/", a.total_steps(), ")");
+  }
+  const int percent = images > 0 ? static_cast<int>(std::floor(100 * s.rendering_images() / images)) : 0;
+  return absl::StrCat("rendering ", images, " in ", s.active().size(), " jobs (", percent, "%)");
 }
 
 }  // namespace
@@ -72,7 +86,7 @@ std::string FormatRate(double per_second) {
   return buf;
 }
 
-std::string ProgressBar(int64_t done, int64_t failed, int64_t total, int width) {
+std::string ProgressBar(int64_t done, int64_t failed, int64_t total, int width, double rendering) {
   width = std::max(width, 1);
   std::string bar(static_cast<size_t>(width), '.');
   if (total > 0) {
@@ -87,6 +101,11 @@ std::string ProgressBar(int64_t done, int64_t failed, int64_t total, int width) 
     failed_cells = std::min(failed_cells, width - done_cells);
     std::fill_n(bar.begin(), done_cells, '#');
     std::fill_n(bar.begin() + done_cells, failed_cells, 'x');
+    // Images in progress, by their steps: '>' cells after the finished ones.
+    const double f = std::clamp((static_cast<double>(done + failed) + std::max(0.0, rendering)) /
+                                    static_cast<double>(total), 0.0, 1.0);
+    const int progress_cells = std::min(width, static_cast<int>(std::floor(f * width)));
+    for (int i = done_cells + failed_cells; i < progress_cells; ++i) bar[static_cast<size_t>(i)] = '>';
   }
   return "[" + bar + "]";
 }
@@ -95,14 +114,15 @@ std::string FormatProgressLine(const v1::SweepStatus& status, int width) {
   const size_t limit = static_cast<size_t>(std::max(width - 1, 10));
   std::string core = "  " + Counts(status);
   if (status.failed() > 0) absl::StrAppend(&core, "  ", status.failed(), " failed");
-  if (status.state() == v1::RUNNING || status.images_per_second() > 0) {
+  if (const std::string r = RenderingText(status); !r.empty()) absl::StrAppend(&core, "  ", r);
+  if (status.state() == v1::RUNNING) {
     absl::StrAppend(&core, "  ", FormatRate(status.images_per_second()), " img/s");
   }
   if (const std::string eta = EtaText(status); !eta.empty()) absl::StrAppend(&core, "  ", eta);
   if (status.state() != v1::RUNNING) absl::StrAppend(&core, "  ", StateName(status.state()));
 
   std::vector<std::string> workers;
-  if (!Finished(status)) {
+  if (status.state() == v1::RUNNING) {
     for (const v1::WorkerRate& w : status.workers()) {
       std::string label = w.worker_id().empty() ? w.host() : w.worker_id();
       if (label.size() > kMaxWorkerLabel) label = label.substr(0, kMaxWorkerLabel - 1) + "~";
@@ -112,7 +132,7 @@ std::string FormatProgressLine(const v1::SweepStatus& status, int width) {
   // "  | a 1.60 b 1.61", or as many as fit in `room` followed by "+N".
   auto worker_tail = [&](size_t room) {
     if (workers.empty()) return std::string();
-    std::string tail = "  |";
+    std::string tail = "  | img/s:";
     size_t shown = 0;
     for (; shown < workers.size(); ++shown) {
       const size_t more = workers.size() - shown - 1;
@@ -133,7 +153,8 @@ std::string FormatProgressLine(const v1::SweepStatus& status, int width) {
   }
   const int full_tail = static_cast<int>(worker_tail(std::string::npos).size());
   const int bar = std::clamp(room - full_tail, 10, 30);
-  std::string line = ProgressBar(status.done(), status.failed(), status.total(), bar) + core;
+  std::string line =
+      ProgressBar(status.done(), status.failed(), status.total(), bar, status.rendering_images()) + core;
   return line + worker_tail(limit - line.size());
 }
 
@@ -141,7 +162,8 @@ std::string FormatPlainLine(const v1::SweepStatus& status) {
   std::string line = absl::StrCat(status.name().empty() ? status.sweep_id() : status.name(), " ",
                                   StateName(status.state()), " ", Counts(status), " done");
   if (status.failed() > 0) absl::StrAppend(&line, ", ", status.failed(), " failed");
-  if (!Finished(status)) {
+  if (const std::string r = RenderingText(status); !r.empty()) absl::StrAppend(&line, ", ", r);
+  if (status.state() == v1::RUNNING) {
     absl::StrAppend(&line, ", ", FormatRate(status.images_per_second()), " images/s, ", EtaText(status));
   }
   return line;
@@ -152,6 +174,16 @@ nlohmann::json StatusJson(const v1::SweepStatus& s) {
   for (const v1::WorkerRate& w : s.workers()) {
     workers.push_back({{"worker_id", w.worker_id()}, {"host", w.host()}, {"images_per_second", w.images_per_second()}});
   }
+  nlohmann::json active = nlohmann::json::array();
+  for (const v1::ActiveJob& a : s.active()) {
+    active.push_back({{"worker_id", a.worker_id()},
+                      {"job_id", a.job_id()},
+                      {"images", a.images()},
+                      {"step", a.step()},
+                      {"total_steps", a.total_steps()}});
+  }
+  nlohmann::json warnings = nlohmann::json::array();
+  for (const std::string& w : s.warnings()) warnings.push_back(w);
   return {{"sweep_id", s.sweep_id()},
           {"name", s.name()},
           {"state", std::string(StateName(s.state()))},
@@ -166,7 +198,11 @@ nlohmann::json StatusJson(const v1::SweepStatus& s) {
           {"priority", s.priority()},
           {"created_unix_ms", s.created_unix_ms()},
           {"jobs", s.jobs()},
-          {"jobs_done", s.jobs_done()}};
+          {"jobs_done", s.jobs_done()},
+          {"rendering_images", s.rendering_images()},
+          {"active", std::move(active)},
+          {"live_workers", s.live_workers()},
+          {"warnings", std::move(warnings)}};
 }
 
 nlohmann::json EventJson(const v1::WatchEvent& event) {
@@ -175,6 +211,8 @@ nlohmann::json EventJson(const v1::WatchEvent& event) {
   for (const std::string& f : event.new_files()) j["new_files"].push_back(f);
   j["failures"] = nlohmann::json::array();
   for (const std::string& f : event.failures()) j["failures"].push_back(f);
+  j["new_warnings"] = nlohmann::json::array();
+  for (const std::string& w : event.warnings()) j["new_warnings"].push_back(w);
   return j;
 }
 
@@ -211,6 +249,9 @@ void ProgressPrinter::DrawLocked() {
 }
 
 void ProgressPrinter::PrintFailuresLocked(const v1::WatchEvent& event) {
+  for (const std::string& warning : event.warnings()) {
+    if (warnings_shown_.insert(warning).second) *err_ << "warning: " << warning << "\n" << std::flush;
+  }
   for (const std::string& failure : event.failures()) {
     if (failures_shown_ < kMaxFailureLines) {
       *out_ << "failed: " << failure << "\n";
@@ -235,7 +276,7 @@ void ProgressPrinter::OnEvent(const v1::WatchEvent& event, absl::Time now) {
       break;
     }
     case ProgressMode::kTerminal:
-      if (!event.failures().empty()) {
+      if (!event.failures().empty() || !event.warnings().empty()) {
         ClearLocked();
         PrintFailuresLocked(event);
       }

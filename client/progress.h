@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <ostream>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -36,24 +37,25 @@ std::string FormatDuration(double seconds);
 // A rate with about three significant digits: "0.052", "3.21", "12.5", "140".
 std::string FormatRate(double per_second);
 
-// "[#####xx.....]": `width` cells between the brackets; '#' done, 'x'
-// failed, '.' still to do. An empty total draws an empty bar.
-std::string ProgressBar(int64_t done, int64_t failed, int64_t total, int width);
+// "[#####xx>>...]": `width` cells between the brackets; '#' done, 'x'
+// failed, '>' images in progress counted by their steps (`rendering`), '.'
+// still to do. An empty total draws an empty bar.
+std::string ProgressBar(int64_t done, int64_t failed, int64_t total, int width, double rendering = 0);
 
 // The terminal line, at most width - 1 characters (so it never wraps):
-//   [########..........]  42/100  1 failed  3.21 img/s  ETA 18s  | w1 1.60  w2 1.61
-// The state is shown when it is not RUNNING; workers that do not fit are
-// counted ("+3").
+//   [########>.........]  42/100  1 failed  rendering 4 (step 12/20)  3.21 img/s  ETA 18s  | img/s: w1 1.60 w2 1.61
+// The state is shown when it is not RUNNING (a paused sweep has no rate or
+// ETA); workers that do not fit are counted ("+3").
 std::string FormatProgressLine(const v1::SweepStatus& status, int width);
 
 // The line for logs and pipes:
-//   fox-study RUNNING 42/100 done, 1 failed, 3.21 images/s, ETA 18s
+//   fox-study RUNNING 42/100 done, 1 failed, rendering 4 (step 12/20), 3.21 images/s, ETA 18s
 std::string FormatPlainLine(const v1::SweepStatus& status);
 
 // JSON with plain numbers (not protobuf's int64-as-string) and the state by
 // name; what `status --json`, `ls --json` and the event stream print.
 nlohmann::json StatusJson(const v1::SweepStatus& status);
-// The status fields plus "new_files" and "failures".
+// The status fields plus "new_files", "failures" and "new_warnings".
 nlohmann::json EventJson(const v1::WatchEvent& event);
 
 enum class ProgressMode { kTerminal, kPlain, kJson };
@@ -98,6 +100,7 @@ class ProgressPrinter {
   absl::Time plain_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::string json_last_ ABSL_GUARDED_BY(mu_);  // json: to drop repeats after a reconnect
   int failures_shown_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<std::string> warnings_shown_ ABSL_GUARDED_BY(mu_);  // each warning once, across reconnects
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -26,6 +26,7 @@ std::string JobPayload::ToJson() const {
     j["loras"] = std::move(l);
   }
   if (!vae.empty()) j["vae"] = vae;
+  if (prompt_chunking) j["prompt_chunking"] = true;
   return j.dump();
 }
 
@@ -45,6 +46,7 @@ absl::StatusOr<JobPayload> JobPayload::FromJson(const std::string& text) {
       for (const auto& l : j.at("loras")) p.loras.push_back({l.at("name").get<std::string>(), l.at("scale").get<double>()});
     }
     if (j.contains("vae")) p.vae = j.at("vae").get<std::string>();
+    if (j.contains("prompt_chunking")) p.prompt_chunking = j.at("prompt_chunking").get<bool>();
     for (const auto& it : j.at("items")) {
       JobItem item;
       item.index = it.at("index").get<int64_t>();

@@ -12,6 +12,7 @@
 //   "loras": [{"name": "style", "scale": 0.5}, ...]   by name: each worker finds
 //            <name>.safetensors (or the folder <name>/) in its --lora-dir
 //   "vae": "vae-ft-mse"                               likewise in its --vae-dir
+//   "prompt_chunking": true                           A1111-style 75-token chunks
 // job_id is "<sweep_id>/<job_index>".
 #ifndef SDFARM_COMMON_JOB_PAYLOAD_H_
 #define SDFARM_COMMON_JOB_PAYLOAD_H_
@@ -48,6 +49,7 @@ struct JobPayload {
   std::string sampler;  // sdfarm sampler name (engine::ParseSampler), e.g. "euler_a"
   std::vector<LoraUse> loras;
   std::string vae;      // empty: the worker's own
+  bool prompt_chunking = false;  // A1111-style 75-token chunks (engine RenderRequest::prompt_chunking)
   std::vector<JobItem> items;
 
   std::string job_id() const { return sweep_id + "/" + std::to_string(job_index); }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_util.h"
+#include "common/log_time.h"
 #include "common/redis_client.h"
 #include "coordinator/coordinator_service.h"
 #include "worker/tools/cli_flags.h"
@@ -60,6 +61,9 @@ int Run(int argc, char** argv) {
   flags.SetEnv("worker-token", "SDFARM_WORKER_TOKEN");
   flags.Add("worker-token-file", "FILE", "read the worker token from FILE");
   flags.AddBool("no-auth", "accept calls without tokens (only for a trusted network)");
+  flags.AddBool("hold-unfinished",
+                "at start-up, pause every unfinished sweep and take its jobs out of the queues until a client "
+                "resumes it (what sdfarm local uses)");
   flags.Add("tls-cert", "PEM", "serve TLS with this certificate chain (needs --tls-key)");
   flags.SetEnv("tls-cert", "SDFARM_TLS_CERT");
   flags.Add("tls-key", "PEM", "private key of --tls-cert");
@@ -98,6 +102,7 @@ int Run(int argc, char** argv) {
   opt.client_token = *ct;
   opt.worker_token = *wt;
   opt.no_auth = flags.GetBool("no-auth");
+  opt.hold_unfinished = flags.GetBool("hold-unfinished");
   auto lease = flags.GetDouble("lease", 1, 86400);
   auto attempts = flags.GetInt("max-attempts", 1, 100);
   auto job_size = flags.GetInt("job-size", 1, 256);
@@ -147,7 +152,7 @@ int Run(int argc, char** argv) {
   builder.SetMaxSendMessageSize(64 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return Fail("cannot serve on " + flags.Get("listen") + " (address in use or invalid)");
-  std::fprintf(stderr, "sdfarm-coordinator: serving on port %d%s (%s), output root %s, Redis %s:%d\n", port,
+  std::fprintf(stderr, "%s sdfarm-coordinator: serving on port %d%s (%s), output root %s, Redis %s:%d\n", sdfarm::LogTimestamp().c_str(), port,
                flags.Has("tls-cert") ? " with TLS" : "", opt.no_auth ? "no auth" : "bearer tokens",
                opt.output_root.c_str(), opt.redis.host.c_str(), opt.redis.port);
   if (flags.Has("port-file")) {
@@ -164,12 +169,12 @@ int Run(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "sdfarm-coordinator: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fprintf(stderr, "%s sdfarm-coordinator: %s: shutting down\n", sdfarm::LogTimestamp().c_str(), sig == SIGINT ? "SIGINT" : "SIGTERM");
   (*coordinator)->Shutdown();  // ends watch streams first, so the server can drain
   // In-flight calls get 3 s; workers resend unacknowledged reports anyway.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   server->Wait();
-  std::fprintf(stderr, "sdfarm-coordinator: stopped\n");
+  std::fprintf(stderr, "%s sdfarm-coordinator: stopped\n", sdfarm::LogTimestamp().c_str());
   return 0;
 }
 

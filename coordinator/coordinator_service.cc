@@ -24,10 +24,12 @@
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_util.h"
 #include "common/job_payload.h"
+#include "common/log_time.h"
 #include "common/status_macros.h"
 #include "coordinator/job_queue.h"
 #include "coordinator/sweep_expander.h"
 #include "coordinator/sweep_output.h"
+#include "coordinator/throughput.h"
 #include "sdfarm.grpc.pb.h"
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
@@ -39,8 +41,9 @@ namespace {
 // ------------------------------------------------------------------ logging --
 
 void Log(const std::string& line) {
-  const std::string ts = absl::FormatTime("%Y-%m-%d %H:%M:%E3S", absl::Now(), absl::LocalTimeZone());
-  std::fprintf(stderr, "%s coordinator: %s\n", ts.c_str(), line.c_str());
+  // One write per line, so lines of concurrent handlers never interleave.
+  const std::string out = LogTimestamp() + " sdfarm-coordinator: " + line + "\n";
+  std::fwrite(out.data(), 1, out.size(), stderr);
 }
 
 std::string RandomHex(int bytes) {
@@ -53,6 +56,27 @@ std::string RandomHex(int bytes) {
 }
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+// The first words of a prompt, for a warning line.
+std::string PromptHead(const std::string& prompt) {
+  constexpr size_t kMax = 40;
+  if (prompt.size() <= kMax) return prompt;
+  size_t cut = kMax;
+  while (cut > 0 && (static_cast<unsigned char>(prompt[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+  return prompt.substr(0, cut) + "...";
+}
+
+// Whitespace-separated words: a lower bound of a prompt's CLIP tokens.
+int CountWords(const std::string& text) {
+  int n = 0;
+  bool in_word = false;
+  for (char c : text) {
+    const bool space = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+    if (!space && !in_word) ++n;
+    in_word = !space;
+  }
+  return n;
+}
 
 // metadata.jsonl's "loras": the item's LoRAs with the hash each image's
 // parameters carry (A1111's "Lora hashes: "name: hash, ...""), so a row
@@ -219,6 +243,48 @@ redis.call('HSET', KEYS[3], 'state', 'cancelled')
 return #m / 2
 )lua";
 
+// KEYS: stream, inflight hash, sweep hash. ARGV: group, "all" or "". Pauses
+// the sweep: its jobs still waiting in the stream (never delivered) are taken
+// out of it, so that workers serve other sweeps; they stay in the in-flight
+// hash and are enqueued again on resume (as lost jobs, see below). Delivered
+// jobs finish, unless ARGV[2] is "all" (start-up with --hold-unfinished: no
+// worker of before is alive), which takes them out too. Returns the jobs
+// taken out.
+constexpr char kPauseScript[] = R"lua(
+local m = redis.call('HGETALL', KEYS[2])
+local removed = 0
+for i = 1, #m, 2 do
+  local id = m[i + 1]
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if ARGV[2] == 'all' and not p.err and #p > 0 then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    removed = removed + redis.call('XDEL', KEYS[1], id)
+  elseif not p.err and #p == 0 then
+    removed = removed + redis.call('XDEL', KEYS[1], id)
+  end
+end
+redis.call('HSET', KEYS[3], 'state', 'paused')
+return removed
+)lua";
+
+// KEYS: sweep hash, inflight hash, failures hash, failed-items hash, request
+// key, name key, sweeps zset, stream. ARGV: sweep id, group. Forgets a sweep
+// (sdfarm rm): its jobs leave the stream, its keys are deleted, its name is
+// free. Returns 1, or 0 when it was already gone.
+constexpr char kRemoveSweepScript[] = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local m = redis.call('HGETALL', KEYS[2])
+for i = 1, #m, 2 do
+  redis.call('XACK', KEYS[8], ARGV[2], m[i + 1])
+  redis.call('XDEL', KEYS[8], m[i + 1])
+end
+if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
+if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[7], ARGV[1])
+return 1
+)lua";
+
 // KEYS: stream, inflight hash. ARGV: group, lease ms. The in-flight jobs of a
 // sweep whose stream entry is gone although the job was never acked (the
 // stream was trimmed, or the entry deleted by hand: XTRIM and XDEL delete
@@ -247,8 +313,7 @@ return lost
 // under a new stream id, if it is still lost; returns the new id, or nil.
 constexpr char kRequeueLostJobScript[] = R"lua(
 if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[3] then return false end
-local state = redis.call('HGET', KEYS[2], 'state')
-if state ~= 'running' and state ~= 'paused' then return false end
+if redis.call('HGET', KEYS[2], 'state') ~= 'running' then return false end
 if #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) > 0 then return false end
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not p.err and #p > 0 then
@@ -293,35 +358,6 @@ pb::SweepState ToProto(State s) {
 
 bool Terminal(State s) { return s == State::kDone || s == State::kCancelled; }
 
-// Completion times in a sliding window, for images/s.
-// Completions over the last minute (or since the first one, if later).
-class RateWindow {
- public:
-  // When counting starts (submission, registration); else the first Add.
-  void Begin(absl::Time t) {
-    if (start_ == absl::InfinitePast()) start_ = t;
-  }
-  void Add(absl::Time t) {
-    if (start_ == absl::InfinitePast()) start_ = t;
-    times_.push_back(t);
-    Trim(t);
-  }
-  double PerSecond(absl::Time now) {
-    Trim(now);
-    if (times_.empty()) return 0;
-    const absl::Time from = std::max(start_, now - kWindow);
-    return static_cast<double>(times_.size()) / std::max(1.0, absl::ToDoubleSeconds(now - from));
-  }
-
- private:
-  static constexpr absl::Duration kWindow = absl::Seconds(60);
-  void Trim(absl::Time now) {
-    while (!times_.empty() && times_.front() < now - kWindow) times_.pop_front();
-  }
-  absl::Time start_ = absl::InfinitePast();
-  std::deque<absl::Time> times_;
-};
-
 struct Sweep {
   // Fixed once loaded.
   std::string id, name, model, request_id;
@@ -332,6 +368,9 @@ struct Sweep {
   int64_t created_ms = 0;
   int priority = 1;
   std::string output_dir;
+  // metadata.jsonl writes seeds as strings when one is >= 2^63: Arrow (and so
+  // Hugging Face datasets) reads a JSON integer column as int64.
+  bool seeds_as_strings = false;
 
   // Output writes, and the switch to cancelled (so that nothing is written
   // once a cancel has been acknowledged). Taken before Impl::mu_, never after.
@@ -345,11 +384,11 @@ struct Sweep {
   int64_t jobs_done = 0;
   int64_t done = 0, failed = 0;
   double pass = 0;  // stride scheduling: advances by 1/priority per job enqueued
-  RateWindow rate;
-  std::map<std::string, RateWindow> worker_rates;
+  std::map<std::string, Throughput> worker_rates;  // worker id -> its images of this sweep
+  std::set<std::string> warnings;                  // lasting notes (prompts cut at 77 tokens)
   uint64_t version = 1;  // bumped on every change a watcher should see
   uint64_t seq = 0;      // numbering of recent_files / recent_failures
-  std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures;
+  std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures, recent_warnings;
 };
 
 struct WorkerRecord {
@@ -358,12 +397,19 @@ struct WorkerRecord {
   std::vector<pb::HeldJob> jobs;
   bool draining = false;
   int64_t images_done = 0;
-  RateWindow rate;
+  Throughput rate;
   std::string current_job;
   pb::StepTelemetry last_step;
 };
 
 constexpr size_t kRecentEvents = 4096;
+// Distinct warnings a sweep keeps (one per long prompt).
+constexpr size_t kMaxWarnings = 20;
+// How long a worker that stopped sending heartbeats stays listed (as lost).
+constexpr absl::Duration kForgetLostWorker = absl::Minutes(10);
+// CLIP reads 75 prompt tokens (77 with its start and end tokens); every
+// whitespace-separated word is at least one token.
+constexpr int kClipPromptTokens = 75;
 // How often the scheduler checks each unfinished sweep against Redis.
 constexpr absl::Duration kReconcileInterval = absl::Seconds(2);
 // Largest spec_json a Submit may carry (100,000 prompts of 300 characters).
@@ -416,6 +462,7 @@ class Coordinator::Impl {
   grpc::Status Cancel(const std::string& ref, pb::SweepStatus* out);
   grpc::Status SetPaused(const std::string& ref, bool paused, pb::SweepStatus* out);
   grpc::Status Workers(pb::WorkersResponse* out);
+  grpc::Status Remove(const pb::RemoveRequest& req, pb::RemoveResponse* out);
   grpc::Status Get(grpc::ServerContext* ctx, const std::string& ref, grpc::ServerWriter<pb::FileChunk>* writer);
 
   // ---- worker calls
@@ -455,6 +502,11 @@ class Coordinator::Impl {
     return vt > 0 ? vt - 1.0 / s.priority : 0;
   }
   int LiveWorkers(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Live(const WorkerRecord& w, absl::Time now) const { return now - w.last_heartbeat < opt_.heartbeat_timeout; }
+  // The models live workers serve, with their counts and rates, by name.
+  std::vector<pb::ServedModel> ServedModels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeps a lasting warning of a sweep (once; at most kMaxWarnings).
+  void Warn(Sweep& s, const std::string& text) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void SchedulerLoop();
   absl::Status FillModel(const std::string& model);
@@ -468,7 +520,8 @@ class Coordinator::Impl {
 
   // Handles one reported image; sets *lost / *cancelled when it was discarded.
   absl::Status HandleImage(Sweep& s, const std::string& worker, int64_t job_index, const std::string& stream_id,
-                           const pb::FinishedImage& image, RedisClient* redis, bool* lost, bool* cancelled);
+                           const pb::FinishedImage& image, absl::Time job_started, RedisClient* redis, bool* lost,
+                           bool* cancelled);
 
   CoordinatorOptions opt_;
   RedisPool pool_;
@@ -529,6 +582,10 @@ class Coordinator::Impl {
     grpc::Status Get(grpc::ServerContext* ctx, const pb::SweepRef* req, grpc::ServerWriter<pb::FileChunk>* writer) override {
       SDFARM_AUTH_CLIENT();
       return impl_->Get(ctx, req->sweep(), writer);
+    }
+    grpc::Status Remove(grpc::ServerContext* ctx, const pb::RemoveRequest* req, pb::RemoveResponse* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->Remove(*req, resp);
     }
 #undef SDFARM_AUTH_CLIENT
 
@@ -640,7 +697,12 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
   s->created_ms = num("created_ms");
   s->priority = s->spec.priority;
   s->output_dir = f["output_dir"];
-  s->rate.Begin(absl::Now());
+  for (uint64_t seed : s->spec.seeds) {
+    const uint64_t last = seed + static_cast<uint64_t>(std::max(0, s->spec.images_per_combination - 1));
+    if (seed > static_cast<uint64_t>(INT64_MAX) || last > static_cast<uint64_t>(INT64_MAX) || last < seed) {
+      s->seeds_as_strings = true;
+    }
+  }
   s->state = ParseState(f["state"]);
   s->next_job = num("next_job");
   s->jobs_done = num("jobs_done");
@@ -680,7 +742,29 @@ absl::Status Coordinator::Impl::LoadSweeps() {
     names_[(*s)->name] = (*s)->id;
     sweeps_[(*s)->id] = *s;
   }
-  Log(absl::StrCat("loaded ", ids.array().size(), " sweeps from Redis; ", resumed, " unfinished resume"));
+  if (opt_.hold_unfinished) {
+    // Nothing of before runs on: every unfinished sweep is paused and its
+    // jobs leave the queues, until a client resumes it.
+    std::vector<std::shared_ptr<Sweep>> unfinished;
+    {
+      absl::MutexLock lock(&mu_);
+      for (auto& [id, sw] : sweeps_) {
+        if (!Terminal(sw->state)) unfinished.push_back(sw);
+      }
+    }
+    for (auto& sw : unfinished) {
+      ASSIGN_OR_RETURN(RedisReply r, redis->Command({"EVAL", kPauseScript, "3", StreamKey(sw->model),
+                                                     SweepKey(sw->id) + ":inflight", SweepKey(sw->id),
+                                                     JobQueue::kGroup, "all"}));
+      (void)r;
+      absl::MutexLock lock(&mu_);
+      sw->state = State::kPaused;
+    }
+    Log(absl::StrCat("loaded ", ids.array().size(), " sweeps from Redis; ", unfinished.size(),
+                     " unfinished held (paused) until resumed (--hold-unfinished)"));
+  } else {
+    Log(absl::StrCat("loaded ", ids.array().size(), " sweeps from Redis; ", resumed, " unfinished resume"));
+  }
   std::vector<std::shared_ptr<Sweep>> all;
   {
     absl::MutexLock lock(&mu_);
@@ -706,7 +790,7 @@ int Coordinator::Impl::LiveWorkers(const std::string& model) {
   const absl::Time now = absl::Now();
   int n = 0;
   for (auto& [id, w] : workers_) {
-    if (w.info.model() == model && !w.draining && now - w.last_heartbeat < opt_.heartbeat_timeout) ++n;
+    if (w.info.model() == model && !w.draining && Live(w, now)) ++n;
   }
   return n;
 }
@@ -715,9 +799,31 @@ double Coordinator::Impl::LiveRate(const std::string& model) {
   const absl::Time now = absl::Now();
   double r = 0;
   for (auto& [id, w] : workers_) {
-    if (w.info.model() == model && now - w.last_heartbeat < opt_.heartbeat_timeout) r += w.rate.PerSecond(now);
+    if (w.info.model() == model && Live(w, now)) r += w.rate.PerSecond(now);
   }
   return r;
+}
+
+std::vector<pb::ServedModel> Coordinator::Impl::ServedModels() {
+  const absl::Time now = absl::Now();
+  std::map<std::string, pb::ServedModel> served;
+  for (auto& [id, w] : workers_) {
+    if (w.draining || !Live(w, now)) continue;
+    pb::ServedModel& m = served[w.info.model()];
+    m.set_model(w.info.model());
+    m.set_workers(m.workers() + 1);
+    m.set_images_per_second(m.images_per_second() + w.rate.PerSecond(now));
+  }
+  std::vector<pb::ServedModel> out;
+  for (auto& [name, m] : served) out.push_back(m);
+  return out;
+}
+
+void Coordinator::Impl::Warn(Sweep& s, const std::string& text) {
+  if (s.warnings.size() >= kMaxWarnings || !s.warnings.insert(text).second) return;
+  s.recent_warnings.emplace_back(++s.seq, text);
+  Log(absl::StrCat("sweep ", s.name, ": warning: ", text));
+  Changed(s);
 }
 
 void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
@@ -734,21 +840,46 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
   out->set_jobs(s.jobs);
   out->set_jobs_done(s.jobs_done);
   out->set_output_dir(s.output_dir);
-  if (!Terminal(s.state)) {
-    const double rate = s.rate.PerSecond(now);
-    out->set_images_per_second(rate);
-    const int64_t left = s.total - s.done - s.failed;
-    out->set_eta_seconds(rate > 0 ? static_cast<double>(left) / rate : 0);
-    for (auto& [wid, wr] : s.worker_rates) {
-      const double r = wr.PerSecond(now);
-      if (r <= 0) continue;
-      pb::WorkerRate* w = out->add_workers();
-      w->set_worker_id(wid);
-      auto it = workers_.find(wid);
-      if (it != workers_.end()) w->set_host(it->second.info.host());
-      w->set_images_per_second(r);
+  for (const std::string& w : s.warnings) out->add_warnings(w);
+  if (Terminal(s.state)) return;
+  out->set_live_workers(LiveWorkers(s.model));
+  // The sweep's rate is the sum of its live workers' rates: a lost worker
+  // stops counting at once, so the ETA follows the workers that are left.
+  double rate = 0;
+  for (auto& [wid, wr] : s.worker_rates) {
+    auto it = workers_.find(wid);
+    if (it == workers_.end() || !Live(it->second, now)) continue;
+    const double r = wr.PerSecond(now);
+    if (r <= 0) continue;
+    rate += r;
+    pb::WorkerRate* w = out->add_workers();
+    w->set_worker_id(wid);
+    w->set_host(it->second.info.host());
+    w->set_images_per_second(r);
+  }
+  // Jobs being rendered, from the workers' step telemetry.
+  double rendering = 0;
+  for (auto& [wid, w] : workers_) {
+    if (w.current_job.empty() || !Live(w, now)) continue;
+    auto parsed = ParseJobId(w.current_job);
+    if (!parsed.ok() || parsed->first != s.id || parsed->second < 0 || parsed->second >= s.jobs) continue;
+    const int64_t images = s.expander->JobAt(parsed->second).count;
+    pb::ActiveJob* a = out->add_active();
+    a->set_worker_id(wid);
+    a->set_job_id(w.current_job);
+    a->set_images(static_cast<int32_t>(images));
+    a->set_step(w.last_step.step());
+    a->set_total_steps(w.last_step.total_steps());
+    if (w.last_step.total_steps() > 0) {
+      rendering += static_cast<double>(images) * std::min(1.0, static_cast<double>(w.last_step.step()) /
+                                                                    w.last_step.total_steps());
     }
   }
+  out->set_rendering_images(rendering);
+  if (s.state == State::kPaused) return;  // no rate or ETA: nothing is handed out
+  out->set_images_per_second(rate);
+  const int64_t left = s.total - s.done - s.failed;
+  out->set_eta_seconds(rate > 0 ? std::max(0.0, static_cast<double>(left) - rendering) / rate : 0);
 }
 
 void Coordinator::Impl::MaybeFinish(Sweep& s, RedisClient* redis) {
@@ -789,12 +920,35 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
   SweepExpander expander(*spec, opt_.job_size);
   resp->set_images(expander.num_items());
   resp->set_jobs(expander.num_jobs());
+  for (size_t i = 0; i < spec->prompts.size(); ++i) {
+    const int words = CountWords(spec->prompts[i]);
+    if (words > kClipPromptTokens && !spec->prompt_chunking) {
+      resp->add_warnings(absl::StrCat("prompt ", i + 1, " (\"", PromptHead(spec->prompts[i]), "\") has ", words,
+                                      " words, at least as many tokens: CLIP reads ", kClipPromptTokens,
+                                      " and the rest is cut; set prompt_chunking: true (--prompt-chunking) to keep "
+                                      "it"));
+    }
+  }
+  std::string served_list;
   {
     absl::MutexLock lock(&mu_);
     const double rate = LiveRate(spec->model);
     resp->set_eta_seconds(rate > 0 ? static_cast<double>(expander.num_items()) / rate : 0);
+    resp->set_live_workers(LiveWorkers(spec->model));
+    for (const pb::ServedModel& m : ServedModels()) {
+      *resp->add_served_models() = m;
+      absl::StrAppend(&served_list, served_list.empty() ? "" : ", ", m.model(), " (", m.workers(), " worker",
+                      m.workers() == 1 ? "" : "s", ")");
+    }
   }
   if (req.dry_run()) return grpc::Status::OK;
+  if (resp->live_workers() == 0 && !req.wait_for_workers() && !Find(spec->name)) {
+    return {grpc::StatusCode::FAILED_PRECONDITION,
+            absl::StrCat("no live worker serves model '", spec->model, "'; ",
+                         served_list.empty() ? "no worker is live" : "the live workers serve " + served_list,
+                         ". Start a worker for it, or submit with --wait-for-workers to queue the sweep until one "
+                         "registers")};
+  }
 
   // The folder must not hold another sweep's images.
   const std::string dir = opt_.output_root + "/" + spec->name;
@@ -924,6 +1078,7 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
       }
       if (ctx->IsCancelled()) break;
       if (s->version == seen_version) continue;  // a quiet second
+      const bool first = seen_version == 0;  // a new stream also gets the warnings from before it
       seen_version = s->version;
       FillStatus(*s, event.mutable_status());
       for (const auto& [q, f] : s->recent_files) {
@@ -931,6 +1086,9 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
       }
       for (const auto& [q, f] : s->recent_failures) {
         if (q > seen_seq) event.add_failures(f);
+      }
+      for (const auto& [q, w] : s->recent_warnings) {
+        if (q > seen_seq || first) event.add_warnings(w);
       }
       seen_seq = s->seq;
       terminal = Terminal(s->state);
@@ -983,26 +1141,83 @@ grpc::Status Coordinator::Impl::SetPaused(const std::string& ref, bool paused, p
   }
   auto redis = pool_.Acquire();
   if (!redis.ok()) return ToGrpc(redis.status());
-  auto r = (*redis)->Command({"HSET", SweepKey(s->id), "state", paused ? "paused" : "running"});
+  absl::StatusOr<RedisReply> r =
+      paused ? (*redis)->Command({"EVAL", kPauseScript, "3", StreamKey(s->model), SweepKey(s->id) + ":inflight",
+                                  SweepKey(s->id), JobQueue::kGroup, ""})
+             : (*redis)->Command({"HSET", SweepKey(s->id), "state", "running"});
   if (!r.ok()) return ToGrpc(r.status());
+  {
+    absl::MutexLock lock(&mu_);
+    s->state = paused ? State::kPaused : State::kRunning;
+    wake_scheduler_ = true;
+    Changed(*s);
+  }
+  if (paused) {
+    Log(absl::StrCat("sweep ", s->name, " (", s->id, ") paused at ", s->done, "/", s->total, "; ",
+                     r->AsInt().value_or(0), " waiting jobs taken out of the queue"));
+  } else {
+    // Its jobs taken out of the queue by the pause go back in now.
+    if (absl::Status st = Reconcile(*s); !st.ok()) Log(absl::StrCat("sweep ", s->name, ": resume: ", st.ToString()));
+    Log(absl::StrCat("sweep ", s->name, " (", s->id, ") resumed at ", s->done, "/", s->total));
+  }
   absl::MutexLock lock(&mu_);
-  s->state = paused ? State::kPaused : State::kRunning;
-  wake_scheduler_ = true;
-  Changed(*s);
   FillStatus(*s, out);
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Remove(const pb::RemoveRequest& req, pb::RemoveResponse* out) {
+  std::shared_ptr<Sweep> s = Find(req.sweep());
+  if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + req.sweep() + "'"};
+  auto redis = pool_.Acquire();
+  if (!redis.ok()) return ToGrpc(redis.status());
+  // Holding out_mu: no image write is in progress, and none starts after this.
+  absl::MutexLock out_lock(&s->out_mu);
+  auto r = (*redis)->Command({"EVAL", kRemoveSweepScript, "8", SweepKey(s->id), SweepKey(s->id) + ":inflight",
+                              SweepKey(s->id) + ":failures", SweepKey(s->id) + ":failed",
+                              Key("request:" + s->request_id), Key("name:" + s->name), Key("sweeps"),
+                              StreamKey(s->model), s->id, JobQueue::kGroup});
+  if (!r.ok()) return ToGrpc(r.status());
+  {
+    absl::MutexLock lock(&mu_);
+    s->state = State::kCancelled;  // reports still arriving are discarded
+    s->inflight.clear();
+    Changed(*s);
+    sweeps_.erase(s->id);
+    if (auto n = names_.find(s->name); n != names_.end() && n->second == s->id) names_.erase(n);
+  }
+  s->output.reset();
+  out->set_sweep_id(s->id);
+  out->set_name(s->name);
+  out->set_output_dir(s->output_dir);
+  // The folder is recomputed from the validated name, never taken from Redis.
+  const std::filesystem::path dir = std::filesystem::path(opt_.output_root) / s->name;
+  if (!req.keep_files() && IsSafeFileName(s->name)) {
+    std::error_code ec;
+    const std::uintmax_t n = std::filesystem::remove_all(dir, ec);
+    if (ec) {
+      return {grpc::StatusCode::INTERNAL, absl::StrCat("sweep ", s->name, " is forgotten, but its folder ",
+                                                       dir.string(), " could not be deleted: ", ec.message())};
+    }
+    out->set_files_deleted(static_cast<int64_t>(n == static_cast<std::uintmax_t>(-1) ? 0 : n));
+  }
+  Log(absl::StrCat("sweep ", s->name, " (", s->id, ") removed", req.keep_files() ? " (files kept in " : " (deleted ",
+                   dir.string(), ")"));
   return grpc::Status::OK;
 }
 
 grpc::Status Coordinator::Impl::Workers(pb::WorkersResponse* out) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = absl::Now();
+  // Workers that stopped without saying so are listed as lost for a while.
+  std::erase_if(workers_, [&](const auto& kv) { return now - kv.second.last_heartbeat > kForgetLostWorker; });
   for (auto& [id, w] : workers_) {
     pb::WorkerStatus* ws = out->add_workers();
+    ws->set_lost(!Live(w, now));
     ws->set_worker_id(id);
     *ws->mutable_info() = w.info;
     ws->set_last_heartbeat_unix_ms(absl::ToUnixMillis(w.last_heartbeat));
     for (const auto& j : w.jobs) *ws->add_jobs() = j;
-    ws->set_images_per_second(w.rate.PerSecond(now));
+    ws->set_images_per_second(Live(w, now) ? w.rate.PerSecond(now) : 0);
     ws->set_draining(w.draining);
     ws->set_images_done(w.images_done);
     ws->set_current_job_id(w.current_job);
@@ -1072,7 +1287,6 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
       }
     }
     WorkerRecord& w = workers_[id];
-    w.rate.Begin(now);
     w.info = info;
     w.last_heartbeat = now;
     w.draining = false;
@@ -1096,6 +1310,13 @@ grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::H
     auto it = workers_.find(req.worker_id());
     if (it == workers_.end()) {
       return {grpc::StatusCode::NOT_FOUND, "unknown worker " + req.worker_id() + "; register again"};
+    }
+    if (req.exiting()) {
+      // Its last call: it holds nothing any more (a job it dropped comes back after its lease).
+      Log(absl::StrCat("worker ", req.worker_id(), " stopped"));
+      workers_.erase(it);
+      wake_scheduler_ = true;
+      return grpc::Status::OK;
     }
     WorkerRecord& w = it->second;
     w.last_heartbeat = absl::Now();
@@ -1132,7 +1353,7 @@ grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::H
 
 absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker, int64_t job_index,
                                             const std::string& stream_id, const pb::FinishedImage& image,
-                                            RedisClient* redis, bool* lost, bool* cancelled) {
+                                            absl::Time job_started, RedisClient* redis, bool* lost, bool* cancelled) {
   const JobSlice job = s.expander->JobAt(job_index);
   if (image.item_index() < job.first_item || image.item_index() >= job.first_item + job.count) {
     return absl::InvalidArgumentError(absl::StrCat("item ", image.item_index(), " is not in job ", job_index));
@@ -1178,7 +1399,8 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
   RETURN_IF_ERROR(s.output->WriteImage(file_name, image.png()));
   nlohmann::json row = {{"prompt", item.prompt},
                         {"negative_prompt", item.negative_prompt},
-                        {"seed", item.seed},
+                        {"seed", s.seeds_as_strings ? nlohmann::json(std::to_string(item.seed))
+                                                    : nlohmann::json(item.seed)},
                         {"guidance_scale", item.guidance_scale},
                         {"steps", item.steps},
                         {"sampler", item.sampler},
@@ -1195,21 +1417,27 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
                         {"job_index", job_index},
                         {"worker", worker},
                         {"render_seconds", image.render_seconds()},
+                        {"prompt_tokens_dropped", image.dropped_tokens()},
                         {"parameters", parameters}};
   ASSIGN_OR_RETURN(bool added, s.output->RecordImage(file_name, row));
   if (added) {
     absl::MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
     ++s.done;
-    s.rate.Add(now);
-    s.worker_rates[worker].Add(now);
+    const absl::Time started = std::min(job_started, now - absl::Seconds(std::max(0.0, image.render_seconds())));
+    s.worker_rates[worker].Add(now, started);
     auto w = workers_.find(worker);
     if (w != workers_.end()) {
-      w->second.rate.Add(now);
+      w->second.rate.Add(now, started);
       ++w->second.images_done;
     }
     s.recent_files.emplace_back(++s.seq, file_name);
     if (s.recent_files.size() > kRecentEvents) s.recent_files.pop_front();
+    if (image.dropped_tokens() > 0) {
+      Warn(s, absl::StrCat("the prompt \"", PromptHead(item.prompt), "\" is longer than CLIP reads: ",
+                           image.dropped_tokens(), " of its tokens were cut (", file_name,
+                           "); set prompt_chunking: true (sdfarm --prompt-chunking) to keep them"));
+    }
     Changed(s);
   }
   return absl::OkStatus();
@@ -1224,6 +1452,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
   bool lost = false, cancelled = false, finished = false, bad = false, retryable = true;
   std::string bad_reason;
   std::optional<RedisPool::Handle> redis;
+  const absl::Time stream_started = absl::Now();  // about when the job started rendering
 
   while (reader->Read(&msg)) {
     if (job_index < 0) {
@@ -1253,10 +1482,12 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
           w->second.last_step = msg.step();
           w->second.last_step.clear_preview_png();
         }
+        if (sweep) Changed(*sweep);  // watchers show the steps of jobs in progress
         break;
       }
       case pb::JobReport::kImage: {
-        absl::Status s = HandleImage(*sweep, worker, job_index, stream_id, msg.image(), redis->get(), &lost, &cancelled);
+        absl::Status s = HandleImage(*sweep, worker, job_index, stream_id, msg.image(), stream_started,
+                                     redis->get(), &lost, &cancelled);
         if (!s.ok()) {
           if (s.code() == absl::StatusCode::kInvalidArgument) {
             bad = true;
@@ -1369,6 +1600,12 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
       MaybeFinish(*sweep, redis->get());
     }
   }
+  {
+    absl::MutexLock lock(&mu_);
+    auto w = workers_.find(worker);
+    if (w != workers_.end() && w->second.current_job == job_id) w->second.current_job.clear();
+    if (sweep) Changed(*sweep);
+  }
   if (lost) {
     ++discarded_reports_;
     Log(absl::StrCat("job ", job_id, " from ", worker, ": the worker no longer holds it; its results were discarded"));
@@ -1387,6 +1624,7 @@ JobPayload Coordinator::Impl::PayloadFor(const Sweep& s, int64_t job_index) cons
   p.job_index = job_index;
   p.model = s.model;
   p.vae = s.spec.vae;
+  p.prompt_chunking = s.spec.prompt_chunking;
   for (int64_t i = slice.first_item; i < slice.first_item + slice.count; ++i) {
     const Item item = s.expander->ItemAt(i);
     if (p.items.empty()) {

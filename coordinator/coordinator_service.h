@@ -51,6 +51,10 @@ struct CoordinatorOptions {
   SweepLimits limits;
   int max_watchers = 1000;       // concurrent Watch streams
   absl::Duration heartbeat_timeout = absl::Seconds(15);  // a worker silent this long is not live
+  // At start-up, pause every unfinished sweep and take all its jobs out of
+  // the queues (sdfarm local: no worker of an earlier run is alive, and a run
+  // serves only the sweep it was asked for).
+  bool hold_unfinished = false;
 };
 
 class Coordinator {

@@ -412,7 +412,7 @@ const std::vector<std::string>& KnownFields() {
                                    "steps",        "sampler",         "samplers",         "size",
                                    "sizes",        "width",           "height",           "images_per_combination",
                                    "combine",      "priority",        "lora",             "loras",
-                                   "vae"};
+                                   "vae",          "prompt_chunking"};
   return *fields;
 }
 
@@ -546,6 +546,11 @@ absl::StatusOr<SweepSpec> FromJsonImpl(const Json& json, const SweepLimits& limi
     const Json& v = json.at("vae");
     if (!v.is_string()) return FieldError(ctx, "vae", "expected a string, got " + QuoteJson(v));
     spec.vae = v.get<std::string>();
+  }
+  if (json.contains("prompt_chunking")) {
+    const Json& v = json.at("prompt_chunking");
+    if (!v.is_boolean()) return FieldError(ctx, "prompt_chunking", "expected true or false, got " + QuoteJson(v));
+    spec.prompt_chunking = v.get<bool>();
   }
 
   if (absl::Status s = Validate(spec, limits); !s.ok()) {
@@ -935,6 +940,7 @@ nlohmann::json SweepSpec::ToJson() const {
     j["loras"] = std::move(sets);
   }
   if (!vae.empty()) j["vae"] = vae;
+  if (prompt_chunking) j["prompt_chunking"] = true;
   return j;
 }
 

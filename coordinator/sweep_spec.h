@@ -37,6 +37,8 @@
 //                                  # "name:scale" or {name: N, scale: S}; scale in [-10, 10].
 //                                  # Workers find <name>.safetensors (or <name>/) in their --lora-dir.
 //   vae: vae-ft-mse                # default: the workers' own; a VAE from the workers' --vae-dir
+//   prompt_chunking: true          # default false: prompts over 75 tokens are cut (and warned about);
+//                                  # true: encoded in chunks of 75 tokens as AUTOMATIC1111 does
 //
 // `random:N` draws N distinct seeds in [0, 2^32) from std::mt19937_64 seeded
 // with the random_seed argument, so the same spec and random_seed always give
@@ -100,9 +102,10 @@ struct SweepSpec {
   // LoRA sets, an axis like samplers: a job never mixes two sets. {{}}: no LoRA.
   std::vector<std::vector<LoraUse>> loras = {{}};
   std::string vae;  // empty: the workers' own
+  bool prompt_chunking = false;  // A1111-style chunks of 75 tokens instead of cutting at 77
 
   // Canonical JSON: plural field names, concrete seeds, sizes as "WxH",
-  // LoRAs as "name:scale"; loras and vae only when set (so a spec without
+  // LoRAs as "name:scale"; loras, vae and prompt_chunking only when set (so a spec without
   // them reads exactly as before they existed).
   // FromJson(ToJson()) gives back an equal spec.
   nlohmann::json ToJson() const;

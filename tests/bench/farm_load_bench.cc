@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
     sdfarm::PrepareContext(&ctx, "client-token", absl::Seconds(10));
     pb::SubmitRequest req;
     req.set_spec_json(Spec("watched", "0-999").dump());
+    req.set_wait_for_workers(true);  // no workers: only the coordinator is measured
     pb::SubmitResponse resp;
     if (!stub->Submit(&ctx, req, &resp).ok()) return 1;
   }
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
         sdfarm::PrepareContext(&ctx, "client-token", absl::Seconds(30));
         pb::SubmitRequest req;
         req.set_spec_json(Spec(name, "0").dump());
+        req.set_wait_for_workers(true);
         req.set_request_id(name);
         pb::SubmitResponse resp;
         grpc::Status st = stub->Submit(&ctx, req, &resp);

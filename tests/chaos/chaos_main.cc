@@ -200,6 +200,7 @@ absl::Status ChaosRun::Setup() {
   // As a client does: sent again with the same request id while UNAVAILABLE.
   pb::SubmitRequest req;
   req.set_spec_json(spec_.dump());
+  req.set_wait_for_workers(true);  // workers come and go here
   req.set_request_id(absl::StrCat("chaos-", c_.seed));
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (true) {

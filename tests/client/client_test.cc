@@ -374,7 +374,7 @@ TEST(Progress, TerminalLineHasBarCountsRateEtaAndWorkers) {
   }
   const std::string line = FormatProgressLine(s, 120);
   EXPECT_EQ(line,
-            "[############x.................]  42/100  1 failed  3.21 img/s  ETA 18s  | gpu1-11 1.60 gpu2-22 1.60");
+            "[############x.................]  42/100  1 failed  3.21 img/s  ETA 18s  | img/s: gpu1-11 1.60 gpu2-22 1.60");
   // Never wider than the terminal: workers are counted instead, then the bar goes.
   for (int width = 20; width <= 200; ++width) {
     EXPECT_LE(FormatProgressLine(s, width).size(), static_cast<size_t>(width - 1)) << width;
@@ -399,6 +399,46 @@ v1::WatchEvent Event(v1::SweepStatus status, std::vector<std::string> failures =
   return e;
 }
 
+TEST(Progress, StepsOfJobsInProgressShowBeforeAnyImageIsDone) {
+  // Nothing done yet, one job of 4 images at step 12 of 20: the bar moves.
+  v1::SweepStatus s = Status(0, 0, 8);
+  v1::ActiveJob* a = s.add_active();
+  a->set_worker_id("w1");
+  a->set_job_id("s1/0");
+  a->set_images(4);
+  a->set_step(12);
+  a->set_total_steps(20);
+  s.set_rendering_images(4 * 12.0 / 20);
+  EXPECT_EQ(ProgressBar(0, 0, 8, 10, 2.4), "[>>>.......]");
+  EXPECT_EQ(ProgressBar(2, 0, 8, 8, 2), "[##>>....]");
+  EXPECT_THAT(FormatProgressLine(s, 120), HasSubstr("[>>>>>>>>>.....................]  0/8  rendering 4 (step 12/20)  3.21 img/s"));
+  EXPECT_EQ(FormatPlainLine(s), "fox-study RUNNING 0/8 done, rendering 4 (step 12/20), 3.21 images/s, ETA 18s");
+  v1::ActiveJob* b = s.add_active();
+  b->set_images(4);
+  b->set_step(10);
+  b->set_total_steps(20);
+  s.set_rendering_images(2.4 + 2);
+  EXPECT_THAT(FormatPlainLine(s), HasSubstr("rendering 8 in 2 jobs (55%)"));
+}
+
+TEST(Progress, APausedSweepHasNoRateOrEta) {
+  v1::SweepStatus s = Status(3, 0, 10, v1::PAUSED);
+  EXPECT_EQ(FormatPlainLine(s), "fox-study PAUSED 3/10 done");
+  EXPECT_THAT(FormatProgressLine(s, 120), Not(HasSubstr("img/s")));
+  EXPECT_THAT(FormatProgressLine(s, 120), Not(HasSubstr("ETA")));
+}
+
+TEST(Progress, WarningsArePrintedOnceEvenAfterAReconnect) {
+  std::ostringstream out, err;
+  ProgressPrinter printer(ProgressMode::kPlain, &out, &err);
+  v1::WatchEvent e = Event(Status(1, 0, 10));
+  e.add_warnings("the prompt \"a\" is longer than CLIP reads");
+  printer.OnEvent(e, absl::FromUnixSeconds(1000));
+  printer.OnEvent(e, absl::FromUnixSeconds(1010));  // a new stream repeats it
+  printer.Finish();
+  EXPECT_EQ(err.str(), "warning: the prompt \"a\" is longer than CLIP reads\n");
+}
+
 TEST(Progress, PlainOutputPrintsAtMostEveryTwoSecondsButAlwaysStateChanges) {
   std::ostringstream out, err;
   ProgressPrinter printer(ProgressMode::kPlain, &out, &err);
@@ -413,7 +453,7 @@ TEST(Progress, PlainOutputPrintsAtMostEveryTwoSecondsButAlwaysStateChanges) {
   EXPECT_EQ(out.str(),
             "fox-study RUNNING 1/10 done, 3.21 images/s, ETA 18s\n"
             "fox-study RUNNING 3/10 done, 3.21 images/s, ETA 18s\n"
-            "fox-study PAUSED 3/10 done, 3.21 images/s, ETA 18s\n"
+            "fox-study PAUSED 3/10 done\n"
             "failed: item 7: out of memory\n"
             "fox-study RUNNING 4/10 done, 1 failed, 3.21 images/s, ETA 18s\n"
             "fox-study DONE 10/10 done, 1 failed\n");

@@ -112,10 +112,14 @@ class GridTest : public ::testing::Test {
     dir_ = fs::temp_directory_path() /
            absl::StrCat("sdfarm-grid-", info->name(), "-", ::getpid());
     fs::remove_all(dir_);
+    fs::remove_all(dir_.string() + ".grids");
     fs::create_directories(dir_);
   }
   void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
+    if (!HasFailure()) {
+      fs::remove_all(dir_);
+      fs::remove_all(dir_.string() + ".grids");
+    }
   }
 
   // A manifest row as the coordinator writes it; bookkeeping differs on every row.
@@ -164,6 +168,8 @@ class GridTest : public ::testing::Test {
   }
 
   std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  // Where sheets go by default: beside the sweep folder, not in the dataset.
+  std::string SheetPath(const std::string& name) const { return (fs::path(dir_.string() + ".grids") / name).string(); }
 
   fs::path dir_;
   std::vector<std::string> lines_;
@@ -189,12 +195,15 @@ TEST_F(GridTest, SeedByCfgPutsEveryImageInItsCell) {
 
   absl::StatusOr<GridSummary> g = MakeGrid(dir_.string(), GridOptions{});
   ASSERT_TRUE(g.ok()) << g.status();
-  EXPECT_THAT(g->files, ::testing::ElementsAre(Path("grid.png")));
+  EXPECT_THAT(g->files, ::testing::ElementsAre(SheetPath("grid.png")));
+  // The sweep folder is an imagefolder dataset: no image without a metadata row lands in it.
+  EXPECT_FALSE(fs::exists(Path("grid.png")));
+  EXPECT_EQ(DefaultGridDir(dir_.string() + "/"), dir_.string() + ".grids");
   EXPECT_EQ(g->images, 6);
   EXPECT_EQ(g->missing, 0);
-  EXPECT_FALSE(fs::exists(Path("grid.png.tmp")));
+  EXPECT_FALSE(fs::exists(SheetPath("grid.png.tmp")));
 
-  engine::Image sheet = ReadSheet(Path("grid.png"));
+  engine::Image sheet = ReadSheet(SheetPath("grid.png"));
   // Every image appears whole and unscaled, once.
   std::map<std::pair<int, double>, Box> box;
   for (auto& [key, c] : colour) {
@@ -250,7 +259,7 @@ TEST_F(GridTest, SeedByCfgPutsEveryImageInItsCell) {
   EXPECT_EQ(other, 0);
 
   // The labels, in order, with short names and shortest numbers.
-  auto text = SheetText(Path("grid.png"));
+  auto text = SheetText(SheetPath("grid.png"));
   EXPECT_EQ(text["Rows"], "seed 1\nseed 2\nseed 10");
   EXPECT_EQ(text["Columns"], "cfg 4\ncfg 7.5");
   EXPECT_EQ(text["Title"], "fox-study | prompt: \"a fox\" | model sd15 | steps 30 | euler_a | 32x32");
@@ -318,8 +327,8 @@ TEST_F(GridTest, OneSheetPerPromptTitledWithIt) {
   WriteManifest();
   absl::StatusOr<GridSummary> g = MakeGrid(dir_.string(), GridOptions{});
   ASSERT_TRUE(g.ok()) << g.status();
-  EXPECT_THAT(g->files, ::testing::ElementsAre(Path("grid-001.png"), Path("grid-002.png")));
-  EXPECT_FALSE(fs::exists(Path("grid.png")));
+  EXPECT_THAT(g->files, ::testing::ElementsAre(SheetPath("grid-001.png"), SheetPath("grid-002.png")));
+  EXPECT_FALSE(fs::exists(SheetPath("grid.png")));
   EXPECT_EQ(g->images, 8);
   EXPECT_EQ(g->missing, 0);
 
@@ -538,7 +547,7 @@ TEST_F(GridTest, BookkeepingNeverSplitsSheets) {
   WriteManifest();
   absl::StatusOr<GridSummary> g = MakeGrid(dir_.string(), GridOptions{});
   ASSERT_TRUE(g.ok()) << g.status();
-  EXPECT_THAT(g->files, ::testing::ElementsAre(Path("grid.png")));
+  EXPECT_THAT(g->files, ::testing::ElementsAre(SheetPath("grid.png")));
   EXPECT_EQ(g->images, 4);
 }
 
@@ -563,7 +572,7 @@ TEST_F(GridTest, OutDir) {
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_THAT(g->files, ::testing::ElementsAre((dir_ / "sheets" / "v1" / "grid.png").string()));
   EXPECT_TRUE(fs::exists(g->files[0]));
-  EXPECT_FALSE(fs::exists(Path("grid.png")));
+  EXPECT_FALSE(fs::exists(SheetPath("grid.png")));
 }
 
 TEST_F(GridTest, UnknownAxisNamesTheValidKeys) {
@@ -600,7 +609,7 @@ TEST_F(GridTest, BadOptions) {
   GridOptions edge;
   edge.max_cell = 16;
   EXPECT_TRUE(MakeGrid(dir_.string(), edge).ok());
-  EXPECT_FALSE(fs::exists(Path("grid.png.tmp")));
+  EXPECT_FALSE(fs::exists(SheetPath("grid.png.tmp")));
 }
 
 TEST_F(GridTest, CorruptRowIsDataLossWithItsLine) {

@@ -191,9 +191,10 @@ absl::Status Farm::RestartRedis(bool crash) {
   return redis_->Restart();
 }
 
-absl::StatusOr<std::string> Farm::Submit(const std::string& spec_json) {
+absl::StatusOr<std::string> Farm::Submit(const std::string& spec_json, bool wait_for_workers) {
   sdfarm::v1::SubmitRequest req;
   req.set_spec_json(spec_json);
+  req.set_wait_for_workers(wait_for_workers);
   req.set_request_id(absl::StrCat("test-", absl::ToUnixNanos(absl::Now())));
   sdfarm::v1::SubmitResponse resp;
   grpc::ClientContext ctx;

@@ -119,7 +119,9 @@ class Farm {
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
 
   // Submits spec_json with the client token.
-  absl::StatusOr<std::string> Submit(const std::string& spec_json);
+  // wait_for_workers: accepted while no worker of its model is live (most
+  // tests start their workers after submitting).
+  absl::StatusOr<std::string> Submit(const std::string& spec_json, bool wait_for_workers = true);
   absl::StatusOr<sdfarm::v1::SweepStatus> Status(const std::string& sweep);
   // Polls Status until the sweep reaches `state` (UNAVAILABLE while the
   // coordinator restarts is retried); DeadlineExceeded with the last status.

@@ -83,6 +83,7 @@ SweepFolderCheck CheckFolder(Farm& farm, const json& spec, int job_size) {
 absl::StatusOr<std::string> SubmitWithRequestId(Farm& farm, const json& spec, const std::string& request_id) {
   pb::SubmitRequest req;
   req.set_spec_json(spec.dump());
+  req.set_wait_for_workers(true);
   req.set_request_id(request_id);
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (true) {

@@ -100,6 +100,7 @@ struct RenderRequest {
   SeedMode seed_mode = SeedMode::kPerImage;
   uint64_t shared_seed = 0;         // for SeedMode::kShared
   bool keep_latents = false;        // fill RenderResult::latents
+  bool prompt_chunking = false;     // A1111-style: prompts over 75 tokens encoded in chunks of 75
   // LoRAs for this request, in order. The engine keeps the base weights and
   // applies a new set only when it differs from the previous request's.
   std::vector<LoraRef> loras;

@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "common/grpc_util.h"
 #include "common/job_payload.h"
+#include "common/log_time.h"
 #include "common/status_macros.h"
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
@@ -334,7 +335,7 @@ void FarmWorker::Log(const std::string& line) const {
     return;
   }
   // One write per line, so lines of the two threads never interleave.
-  const std::string out = absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
+  const std::string out = absl::StrCat(LogTimestamp(),
                                        " sdfarm-worker ", options_.worker_id, ": ", line, "\n");
   std::fwrite(out.data(), 1, out.size(), stderr);
   std::fflush(stderr);
@@ -531,6 +532,7 @@ absl::Status FarmWorker::Run() {
   absl::Status result = absl::OkStatus();
   if (!draining_.load()) result = ClaimLoop();
   StopKeeper();
+  SayGoodbye();
   const FarmWorkerStats st = stats();
   Log(absl::StrCat("stopped: ", st.jobs_done, " jobs done (", st.images, " images), ", st.jobs_failed,
                    " failed, ", st.jobs_dropped, " dropped"));
@@ -755,6 +757,7 @@ std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const QueuedJob& queu
   whole.height = payload->height;
   whole.steps = payload->steps;
   whole.sampler = payload->sampler;
+  whole.prompt_chunking = payload->prompt_chunking;
   whole.seed_mode = engine::SeedMode::kPerImage;  // pixels equal sdfarm-render's, whatever the batch
   for (const JobItem& it : payload->items) {
     whole.items.push_back({it.prompt, it.negative_prompt, it.seed, it.guidance_scale});
@@ -799,6 +802,12 @@ std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const QueuedJob& queu
       fi.set_item_index(payload->items[begin + i].index);
       fi.set_png(*std::move(png));
       fi.set_render_seconds(batch_seconds / static_cast<double>(req.items.size()));
+      if (i < result->dropped_tokens.size() && result->dropped_tokens[i] > 0) {
+        fi.set_dropped_tokens(result->dropped_tokens[i]);
+        Log(absl::StrCat("job ", queued.job_id, ": item ", payload->items[begin + i].index, ": ",
+                         result->dropped_tokens[i], " prompt tokens cut at CLIP's 77-token limit",
+                         " (the sweep's prompt_chunking keeps them)"));
+      }
       reporter.Image(std::move(fi));
       ++*images;
     }
@@ -958,6 +967,24 @@ void FarmWorker::RenewLease(const std::shared_ptr<ActiveJob>& job, const Registr
   }
   if (!renew_failing_) Log(absl::StrCat("cannot renew the lease of job ", job->job_id, " (retrying): ", s.ToString()));
   renew_failing_ = true;
+}
+
+void FarmWorker::SayGoodbye() {
+  Registration reg;
+  {
+    absl::MutexLock lock(&mu_);
+    reg = registration_;
+  }
+  if (reg.worker_id.empty()) return;
+  // The coordinator then stops listing this worker; a worker that cannot say
+  // so (killed, unreachable) is listed as lost, then forgotten.
+  v1::HeartbeatRequest req;
+  req.set_worker_id(reg.worker_id);
+  req.set_exiting(true);
+  v1::HeartbeatResponse resp;
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.token, std::min(options_.rpc_timeout, absl::Seconds(2)));
+  (void)stub_->Heartbeat(&ctx, req, &resp);
 }
 
 void FarmWorker::SendHeartbeat(const std::shared_ptr<ActiveJob>& job, const Registration& reg) {

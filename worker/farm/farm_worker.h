@@ -156,6 +156,8 @@ class FarmWorker {
   void RenewLease(const std::shared_ptr<ActiveJob>& job, const Registration& reg,
                   std::unique_ptr<RedisClient>& redis);
   void SendHeartbeat(const std::shared_ptr<ActiveJob>& job, const Registration& reg);
+  // Tells the coordinator this worker stops (it is then no longer listed).
+  void SayGoodbye();
 
   // Sleeps up to `d`; returns early (false) when draining starts.
   bool SleepUnlessDraining(absl::Duration d);

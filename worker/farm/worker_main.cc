@@ -24,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/log_time.h"
 #include "common/redis_client.h"
 #include "worker/farm/farm_worker.h"
 #include "worker/farm/renderer.h"
@@ -244,7 +245,7 @@ int Main(int argc, char** argv) {
   auto signals = std::make_unique<SignalThread>();
   auto log = [&](const std::string& line) {
     std::fprintf(stderr, "%s sdfarm-worker %s: %s\n",
-                 absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()).c_str(),
+                 LogTimestamp().c_str(),
                  options.worker_id.c_str(), line.c_str());
   };
 
