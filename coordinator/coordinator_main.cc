@@ -70,6 +70,10 @@ int Run(int argc, char** argv) {
   flags.SetEnv("tls-key", "SDFARM_TLS_KEY");
   flags.Add("lease", "SECONDS", "a job whose worker stays silent this long goes to another worker", "60");
   flags.SetEnv("lease", "SDFARM_LEASE_SECONDS");
+  flags.Add("heartbeat-timeout", "SECONDS",
+            "a worker without a heartbeat this long is not live (workers send one every 2 s): its rate stops "
+            "counting and `sdfarm workers` lists it as lost",
+            "15");
   flags.Add("max-attempts", "N", "a job that fails this many times is dead-lettered", "3");
   flags.SetEnv("max-attempts", "SDFARM_MAX_ATTEMPTS");
   flags.Add("job-size", "N", "images per job (a worker renders a job in batches of its own size)", "4");
@@ -109,11 +113,13 @@ int Run(int argc, char** argv) {
   auto window = flags.GetInt("window", 1, 100000);
   auto max_images = flags.GetInt("max-images", 1, INT64_MAX);
   auto max_watchers = flags.GetInt("max-watchers", 1, 1000000);
-  for (const auto* s : {&lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status(),
+  auto heartbeat_timeout = flags.GetDouble("heartbeat-timeout", 3, 3600);
+  for (const auto* s : {&heartbeat_timeout.status(), &lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status(),
                         &max_watchers.status()}) {
     if (!s->ok()) return Fail(s->message(), 2);
   }
   opt.lease = absl::Seconds(*lease);
+  opt.heartbeat_timeout = absl::Seconds(*heartbeat_timeout);
   opt.max_attempts = static_cast<int>(*attempts);
   opt.job_size = static_cast<int>(*job_size);
   opt.window = static_cast<int>(*window);

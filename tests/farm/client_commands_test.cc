@@ -32,6 +32,11 @@ TEST(ClientCommands, SubmitWatchStatusLsWorkersGetAndGrid) {
     args.insert(args.begin(), SDFARM_CLIENT_BIN);
     return RunProgram(args, env, absl::Minutes(2));
   };
+  // Both workers registered: the dry run names what the fleet serves.
+  for (absl::Time end = absl::Now() + absl::Seconds(30); absl::Now() < end; absl::SleepFor(absl::Milliseconds(100))) {
+    auto w = farm->Workers();
+    if (w.ok() && w->workers_size() == 2) break;
+  }
   const std::vector<std::string> sweep = {"--name", "cli", "--model", "tiny-sd", "--prompt", "a red fox",
                                           "--seeds", "0-3", "--guidance", "1,7.5", "--steps", "3", "--size", "64x64"};
 
@@ -42,6 +47,8 @@ TEST(ClientCommands, SubmitWatchStatusLsWorkersGetAndGrid) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("8 images"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("2 jobs"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("2 live workers serve tiny-sd"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the fleet serves: tiny-sd (2 workers"), std::string::npos) << r.output;
   EXPECT_FALSE(farm->Status("cli").ok());
 
   std::vector<std::string> submit = {"submit", "--watch"};
@@ -80,7 +87,8 @@ TEST(ClientCommands, SubmitWatchStatusLsWorkersGetAndGrid) {
   EXPECT_EQ(files, 8 + 2);  // images, metadata.jsonl, sweep.json
   r = sdfarm({"grid", dl + "/cli", "--rows", "seed", "--cols", "guidance"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_TRUE(fs::exists(dl + "/cli/grid.png"));
+  EXPECT_TRUE(fs::exists(dl + "/cli.grids/grid.png"));
+  EXPECT_FALSE(fs::exists(dl + "/cli/grid.png"));
 
   // A bad sweep is refused with a clear message and a usage exit code.
   r = sdfarm({"submit", "--name", "../up", "--model", "tiny-sd", "--prompt", "x", "--seeds", "0"});

@@ -319,6 +319,7 @@ TEST(FarmTest, SubmitValidatesAndIsIdempotent) {
     pb::SubmitRequest req;
     req.set_spec_json(spec.dump());
     req.set_request_id(request_id);
+    req.set_wait_for_workers(true);  // no workers here
     return farm->client()->Submit(&ctx, req, resp);
   };
   pb::SubmitResponse a, b, c;

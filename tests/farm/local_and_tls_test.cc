@@ -51,19 +51,19 @@ TEST(LocalMode, TheDemoSweepRunsEndToEndAndStopsEverything) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string sweep = dir + "/out/lighthouse";
   int pngs = 0;
-  for (const auto& e : fs::directory_iterator(sweep)) pngs += e.path().extension() == ".png" && e.path().filename() != "grid.png";
-  EXPECT_EQ(pngs, 12);
+  for (const auto& e : fs::directory_iterator(sweep)) pngs += e.path().extension() == ".png";
+  EXPECT_EQ(pngs, 12);  // only the images: the contact sheet is outside the dataset folder
   std::ifstream manifest(sweep + "/metadata.jsonl");
   int rows = 0;
   for (std::string line; std::getline(manifest, line);) rows += !line.empty();
   EXPECT_EQ(rows, 12);
-  auto grid = engine::ReadPng(sweep + "/grid.png", 3);
+  auto grid = engine::ReadPng(sweep + ".grids/grid.png", 3);
   ASSERT_TRUE(grid.ok()) << grid.status().ToString();
   EXPECT_GT(grid->width, 3 * 64);
   EXPECT_GT(grid->height, 4 * 64);
   // It says where everything is.
   EXPECT_NE(r.output.find(sweep + "/metadata.jsonl"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find(sweep + "/grid.png"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(sweep + ".grids/grid.png"), std::string::npos) << r.output;
   // Redis keeps its data under the output root; nothing is left running.
   EXPECT_TRUE(fs::exists(dir + "/out/.sdfarm-local"));
   EXPECT_TRUE(ProcessesMentioning(dir).empty()) << ProcessesMentioning(dir).front();
@@ -173,7 +173,8 @@ TEST(Tls, ClientAndWorkersTalkToATlsCoordinator) {
   const std::vector<std::pair<std::string, std::string>> env = {{"SDFARM_COORDINATOR", address},
                                                                 {"SDFARM_TOKEN", "ct"}};
   RunResult submit = RunProgram({SDFARM_CLIENT_BIN, "--tls-ca", dir + "/cert.pem", "submit", "--name", "tls", "--model",
-                                 "syn", "--prompt", "a", "--seeds", "0-5", "--size", "64x64", "--steps", "2", "--watch"},
+                                 "syn", "--prompt", "a", "--seeds", "0-5", "--size", "64x64", "--steps", "2", "--watch",
+                                 "--wait-for-workers"},  // the worker may not have registered yet
                                 env, absl::Minutes(2));
   EXPECT_EQ(submit.exit_code, 0) << submit.output;
   int pngs = 0;
