@@ -329,6 +329,44 @@ TEST(FarmTest, WorkersThatStopLeaveTheListLostOnesAreMarkedAndLogsShareOneTimeFo
   }
 }
 
+TEST(ClientCommands, RmForgetsASweepDeletesItsFolderAndFreesItsName) {
+  FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 1, .engine = "synthetic:1"}));
+  const std::vector<std::pair<std::string, std::string>> env = {{"SDFARM_COORDINATOR", farm->address()},
+                                                                {"SDFARM_TOKEN", farm->client_token()}};
+  ASSERT_TRUE(farm->Submit(Spec("done", "tiny-sd", "0-3", 2).dump()).ok());
+  ASSERT_TRUE(farm->WaitForState("done", pb::DONE, absl::Seconds(60)).ok());
+  const std::string folder = farm->output_root() + "/done";
+  ASSERT_EQ(CountPngs(folder), 4);
+
+  RunResult keep = RunProgram({SDFARM_CLIENT_BIN, "rm", "--keep-files", "done"}, env, absl::Minutes(1));
+  ASSERT_EQ(keep.exit_code, 0) << keep.output;
+  EXPECT_NE(keep.output.find("its files stay in " + folder), std::string::npos) << keep.output;
+  EXPECT_EQ(CountPngs(folder), 4);
+  EXPECT_FALSE(farm->Status("done").ok());
+  // The folder still holds its images: the name cannot be reused until it is moved.
+  EXPECT_FALSE(farm->Submit(Spec("done", "tiny-sd", "0", 2).dump()).ok());
+  fs::rename(folder, farm->output_root() + "/done-kept");
+
+  // A running sweep: rm cancels it and deletes the folder.
+  ASSERT_TRUE(farm->Submit(Spec("done", "tiny-sd", "0-399", 50).dump()).ok());
+  ASSERT_TRUE(WaitFor([&] { return CountPngs(folder) >= 1; }, absl::Seconds(60))) << farm->Logs();
+  RunResult rm = RunProgram({SDFARM_CLIENT_BIN, "rm", "done"}, env, absl::Minutes(1));
+  ASSERT_EQ(rm.exit_code, 0) << rm.output;
+  EXPECT_NE(rm.output.find("and its folder " + folder), std::string::npos) << rm.output;
+  absl::SleepFor(absl::Seconds(1));  // a report in flight is discarded, not written
+  EXPECT_FALSE(fs::exists(folder));
+  RunResult ls = RunProgram({SDFARM_CLIENT_BIN, "ls"}, env, absl::Minutes(1));
+  EXPECT_EQ(ls.output.find("done"), std::string::npos) << ls.output;
+  RunResult missing = RunProgram({SDFARM_CLIENT_BIN, "rm", "done"}, env, absl::Minutes(1));
+  EXPECT_EQ(missing.exit_code, 1) << missing.output;
+  EXPECT_NE(missing.output.find("no sweep with id or name 'done'"), std::string::npos) << missing.output;
+  // The name is free again; the farm goes on.
+  ASSERT_TRUE(farm->Submit(Spec("done", "tiny-sd", "5", 2).dump()).ok());
+  auto again = farm->WaitForState("done", pb::DONE, absl::Seconds(60));
+  ASSERT_TRUE(again.ok()) << again.status() << farm->Logs();
+  EXPECT_EQ(again->done(), 1);
+}
+
 TEST(FarmTest, SeedsBeyondInt64AreStringsInTheManifestAndExactInThePngs) {
   FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 1, .engine = "synthetic:1"}));
   ASSERT_TRUE(farm->Submit(Spec("big", "tiny-sd", "18446744073709551614", 2).dump()).ok());
