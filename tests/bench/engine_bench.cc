@@ -3,6 +3,9 @@
 //   sdfarm-engine-bench                       # default matrix (CPU): tiny-sd and an SD 1.5-shaped
 //                                             # random model at 256x256, batch 1 and 4
 //   sdfarm-engine-bench --model DIR --width 512 --height 512 --batch 8 --device cuda --dtype fp16
+//   sdfarm-engine-bench --cpu-default          # the bundled sdfarm-mini at sdfarm-render's defaults
+//                                             # (size, sampler, steps, guidance, threads): is it < 10 s?
+//   sdfarm-engine-bench --model DIR --attention-slice-mb 0   # CPU attention unsliced (the old path)
 //
 // Each configuration runs in its own process so that peak RSS is that
 // configuration's alone. Reported per configuration: model load time, median
@@ -28,6 +31,7 @@
 #include "worker/engine/layers.h"
 #include "worker/tools/cli_flags.h"
 #include "worker/tools/mkmodel_command.h"
+#include "worker/tools/render_command.h"
 
 namespace {
 
@@ -65,6 +69,9 @@ int RunOne(const CliFlags& f) {
   opts.device = f.Get("device");
   opts.dtype = f.Get("dtype");
   opts.threads = std::stoi(f.Get("threads"));
+  if (f.Has("attention-slice-mb")) {
+    sdfarm::engine::SetCpuAttentionSliceBytes(static_cast<int64_t>(std::stod(f.Get("attention-slice-mb")) * (1 << 20)));
+  }
   auto engine = Engine::Load(f.Get("model"), opts);
   if (!engine.ok()) {
     std::fprintf(stderr, "engine-bench: %s\n", engine.status().ToString().c_str());
@@ -111,8 +118,8 @@ int RunOne(const CliFlags& f) {
       {"model", info.name},
       {"device", info.device},
       {"dtype", info.dtype},
-      {"width", req.width},
-      {"height", req.height},
+      {"width", req.width == 0 ? info.default_width : req.width},
+      {"height", req.height == 0 ? info.default_height : req.height},
       {"batch", batch},
       {"steps", req.steps},
       {"guidance", req.items[0].guidance_scale},
@@ -125,12 +132,66 @@ int RunOne(const CliFlags& f) {
       {"decode_seconds_median", Median(decode_seconds)},
       {"images_per_second", batch / Median(render_seconds)},
       {"peak_rss_mb", PeakRssMb()},
+      {"attention_slice_mb", f.Has("attention-slice-mb") ? std::stod(f.Get("attention-slice-mb"))
+                                                          : sdfarm::engine::kCpuAttentionSliceBytes / double(1 << 20)},
       {"threads", at::get_num_threads()},
       {"libtorch", TORCH_VERSION},
       {"fused_attention", sdfarm::engine::UsesFusedAttention()},
   };
   if (info.device.rfind("cuda", 0) == 0) out["gpu"] = GpuName();
   std::cout << out.dump() << std::endl;
+  return 0;
+}
+
+// Runs `cmd` (this binary in single-configuration mode) and parses its JSON.
+nlohmann::json RunChild(const std::string& cmd) {
+  std::fprintf(stderr, "engine-bench: %s\n", cmd.c_str());
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return nlohmann::json();
+  std::string output;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof(buf), p)) output.append(buf, n);
+  if (pclose(p) != 0) {
+    std::fprintf(stderr, "engine-bench: configuration failed\n");
+    return nlohmann::json();
+  }
+  auto j = nlohmann::json::parse(output, nullptr, false);
+  return j.is_discarded() ? nlohmann::json() : j;
+}
+
+// What a new user gets from `sdfarm-render --model <the bundled model>
+// --prompt ...` on a CPU: sdfarm-mini (random weights from its configs, as
+// scripts/demo makes it) at sdfarm-render's defaults: the model's size
+// (sample_size x 8), the default sampler, steps and guidance, and the default
+// threads (OMP_NUM_THREADS if set, else one per core). Each render is timed
+// whole (text encoding, every step, VAE decoding); the model is loaded once,
+// as sdfarm-render does for all its images.
+int RunCpuDefault(const CliFlags& f, const char* self) {
+  const std::string model = f.Get("cache") + "/sdfarm-mini";
+  if (!fs::exists(model + "/unet/diffusion_pytorch_model.safetensors")) {
+    std::fprintf(stderr, "engine-bench: creating sdfarm-mini (random weights) in %s (once)...\n", model.c_str());
+    std::vector<std::string> args = {"sdfarm-mkmodel", "--config", std::string(SDFARM_SOURCE_DIR) + "/deploy/models/sdfarm-mini",
+                                     "--out", model, "--seed", "1"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    if (sdfarm::tools::RunMkModel(static_cast<int>(argv.size()), argv.data()) != 0) return 1;
+  }
+  const std::string repeats = f.Has("repeats") ? f.Get("repeats") : "5";
+  std::string cmd = std::string(self) + " --model '" + model + "' --width 0 --height 0 --batch 1 --steps " +
+                    std::to_string(sdfarm::tools::kRenderDefaultSteps) + " --sampler " +
+                    sdfarm::tools::kRenderDefaultSampler + " --guidance " +
+                    sdfarm::engine::FormatNumber(sdfarm::tools::kRenderDefaultGuidance) + " --repeats " + repeats +
+                    " --threads 0";
+  nlohmann::json j = RunChild(cmd);
+  if (j.is_null()) return 1;
+  const double median = j["render_seconds_median"].get<double>();
+  nlohmann::json out = {{"benchmark", "cpu_default"},
+                        {"median_seconds", median},
+                        {"load_seconds", j["load_seconds"]},
+                        {"peak_rss_mb", j["peak_rss_mb"]},
+                        {"under_10_seconds", median < 10.0},
+                        {"details", j}};
+  std::cout << out.dump(2) << std::endl;
   return 0;
 }
 
@@ -160,18 +221,8 @@ int RunMatrix(const CliFlags& f, const char* self) {
     std::string cmd = std::string(self) + " --model '" + c.model + "' --width " + std::to_string(c.size) +
                       " --height " + std::to_string(c.size) + " --batch " + std::to_string(c.batch) + " --steps " +
                       std::to_string(c.steps) + " --repeats " + f.Get("repeats") + " --threads " + f.Get("threads");
-    std::fprintf(stderr, "engine-bench: %s\n", cmd.c_str());
-    FILE* p = popen(cmd.c_str(), "r");
-    if (p == nullptr) return 1;
-    std::string output;
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof(buf), p)) output.append(buf, n);
-    if (pclose(p) != 0) {
-      std::fprintf(stderr, "engine-bench: configuration failed\n");
-      return 1;
-    }
-    auto j = nlohmann::json::parse(output, nullptr, false);
-    if (j.is_discarded()) return 1;
+    nlohmann::json j = RunChild(cmd);
+    if (j.is_null()) return 1;
     std::cerr << j.dump() << std::endl;
     results.push_back(j);
   }
@@ -188,12 +239,14 @@ int main(int argc, char** argv) {
   f.Add("height", "PX", "", "256");
   f.Add("batch", "N", "", "1");
   f.Add("steps", "N", "denoising steps per render", "4");
-  f.Add("repeats", "N", "renders measured (after one warm-up)", "2");
+  f.Add("repeats", "N", "renders measured (after one warm-up; --cpu-default: 5)", "2");
   f.Add("guidance", "G", "> 1 means classifier-free guidance (two UNet branches)", "7.5");
   f.Add("sampler", "NAME", "", "euler");
   f.Add("device", "DEV", "", "cpu");
   f.Add("dtype", "TYPE", "");
   f.Add("threads", "N", "0: one per core", "0");
+  f.Add("attention-slice-mb", "MB", "CPU attention slice bound (0: never slice; default: the engine's)");
+  f.AddBool("cpu-default", "sdfarm-mini at sdfarm-render's defaults on the CPU: median seconds, peak RSS, < 10 s?");
   f.Add("shared", "DIR", "fixtures folder (matrix mode)", SDFARM_SHARED_DIR);
   f.Add("cache", "DIR", "where the random SD 1.5-shaped model is kept (matrix mode)", SDFARM_BENCH_CACHE);
   if (auto s = f.Parse(argc, argv); !s.ok()) {
@@ -208,5 +261,6 @@ int main(int argc, char** argv) {
   // Re-run this binary per configuration (popen goes through sh, so /proc/self/exe would be sh).
   std::error_code ec;
   const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
+  if (f.GetBool("cpu-default")) return RunCpuDefault(f, ec ? argv[0] : self.c_str());
   return RunMatrix(f, ec ? argv[0] : self.c_str());
 }

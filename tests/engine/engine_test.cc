@@ -180,6 +180,56 @@ TEST_F(EngineTest, LongPromptsAreTruncatedAndReported) {
   EXPECT_EQ(out.dropped_tokens, (std::vector<int>{100 - 75, 0}));
 }
 
+TEST_F(EngineTest, PromptChunkingLeavesPromptsThatFitUnchanged) {
+  // Up to 75 tokens, chunking is one chunk of exactly the ids diffusers uses:
+  // the same latents and pixels, bit for bit.
+  RenderRequest a = Basic();
+  a.items = {{"a red fox in the snow", "blurry", 1, 7.5}, {"a lighthouse", "", 2, 1.0}};
+  RenderRequest b = a;
+  b.prompt_chunking = true;
+  ASSERT_OK_AND_ASSIGN(RenderResult ra, engine_->Render(a));
+  ASSERT_OK_AND_ASSIGN(RenderResult rb, engine_->Render(b));
+  EXPECT_EQ(ra.latents, rb.latents);
+  ASSERT_EQ(ra.images.size(), 2u);
+  EXPECT_EQ(ra.images[0].pixels, rb.images[0].pixels);
+  EXPECT_EQ(ra.images[1].pixels, rb.images[1].pixels);
+}
+
+TEST_F(EngineTest, PromptChunkingKeepsTheTokensPast77) {
+  std::string long_prompt;
+  for (int i = 0; i < 50; ++i) long_prompt += "fox ";
+  for (int i = 0; i < 50; ++i) long_prompt += "castle ";
+  RenderRequest cut = Basic();
+  cut.items = {{long_prompt, "", 1, 7.5}};
+  RenderRequest chunked = cut;
+  chunked.prompt_chunking = true;
+  ASSERT_OK_AND_ASSIGN(RenderResult rc, engine_->Render(cut));
+  ASSERT_OK_AND_ASSIGN(RenderResult rk, engine_->Render(chunked));
+  EXPECT_EQ(rc.dropped_tokens, (std::vector<int>{25}));
+  EXPECT_EQ(rk.dropped_tokens, (std::vector<int>{0}));
+  ASSERT_EQ(rk.images.size(), 1u);
+  EXPECT_EQ(rk.images[0].width, 64);
+  // The second chunk (25 more "castle"s) conditions the image too.
+  EXPECT_GT(MaxAbsDiff(Latents(rc, 0), Latents(rk, 0)), 1e-3);
+}
+
+TEST_F(EngineTest, ChunkedPromptsOfDifferentLengthsDoNotDependOnTheirBatch) {
+  // One, two and three chunks in one batch (the UNet runs once per length).
+  std::string two, three;
+  for (int i = 0; i < 100; ++i) two += "fox ";
+  for (int i = 0; i < 160; ++i) three += "owl ";
+  RenderRequest batch = Basic();
+  batch.prompt_chunking = true;
+  batch.items = {{"a red fox", "", 3, 7.5}, {two, "", 4, 7.5}, {"a cat", three, 5, 5.0}};
+  ASSERT_OK_AND_ASSIGN(RenderResult together, engine_->Render(batch));
+  for (int64_t i = 0; i < 3; ++i) {
+    RenderRequest one = batch;
+    one.items = {batch.items[i]};
+    ASSERT_OK_AND_ASSIGN(RenderResult alone, engine_->Render(one));
+    EXPECT_LE(MaxAbsDiff(Latents(together, i), Latents(alone, 0)), 1e-3) << "item " << i;
+  }
+}
+
 TEST(EngineLoad, ClearErrorsForBadOptions) {
   EXPECT_EQ(Engine::Load(ModelPath("tiny-sd"), {.device = "tpu"}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(Engine::Load(ModelPath("tiny-sd"), {.device = "cpu", .dtype = "fp16"}).status().code(),

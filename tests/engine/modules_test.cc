@@ -51,6 +51,24 @@ TEST_P(ModulesTest, UNetMatchesDiffusers) {
   EXPECT_LE(MaxAbsDiff(unet->Forward(g["sample_odd"], g["timestep_odd"].reshape({}), ctx), g["out_odd"]), kTol);
 }
 
+// Prompt chunking gives contexts of 77 * k tokens: cross-attention takes any
+// length. Attending to the same keys twice over gives the same weighted
+// average (every softmax weight halves), so a context repeated along the
+// sequence axis must give diffusers' output for the original context.
+TEST_P(ModulesTest, UNetTakesAnyContextLength) {
+  c10::InferenceMode guard;
+  auto g = LoadGolden(GetParam() + "/unet.safetensors");
+  ASSERT_FALSE(g.empty());
+  ASSERT_OK_AND_ASSIGN(auto unet, LoadUNet(ModelPath(GetParam() + "/unet"), at::kCPU, at::kFloat));
+  const at::Tensor& ctx = g["encoder_hidden_states"];
+  const at::Tensor doubled = at::cat({ctx, ctx}, 1);
+  ASSERT_EQ(doubled.size(1), 154);
+  EXPECT_LE(MaxAbsDiff(unet->Forward(g["sample"], g["timestep_a"].reshape({}), doubled), g["out_a"]), kTol);
+  // And another context of another length changes the output.
+  const at::Tensor longer = at::cat({ctx, at::zeros_like(ctx)}, 1);
+  EXPECT_GT(MaxAbsDiff(unet->Forward(g["sample"], g["timestep_a"].reshape({}), longer), g["out_a"]), 1e-3);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, ModulesTest, ::testing::Values("tiny-sd", "tiny-sd-v2"));
 
 TEST(UNetInpaint, NineChannelUNetMatchesDiffusers) {

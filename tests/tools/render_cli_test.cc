@@ -12,6 +12,7 @@
 
 #include "tests/engine/golden.h"
 #include "worker/engine/a1111_parameters.h"
+#include "worker/engine/image_resize.h"
 #include "worker/engine/png_io.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/sha256.h"
@@ -83,9 +84,10 @@ void WritePng(const std::string& path, const at::Tensor& hwc) {
 TEST(RenderCli, Txt2ImgMatchesDiffusersAndEmbedsParameters) {
   auto g = LoadGolden("pipelines/sd_pndm_astronaut.safetensors");
   const std::string out = MakeTempDir();
+  // --sampler model: the model's scheduler config (PNDM), as the diffusers pipeline.
   ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--prompt", "a photograph of an astronaut riding a horse",
-                  "--seed", "0", "--steps", "15", "--guidance", "7.5", "--width", "64", "--height", "64", "--out", out,
-                  "--latents-out", out + "/latents.safetensors"});
+                  "--seed", "0", "--steps", "15", "--guidance", "7.5", "--sampler", "model", "--width", "64",
+                  "--height", "64", "--out", out, "--latents-out", out + "/latents.safetensors"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto files = Pngs(out);
   ASSERT_EQ(files.size(), 1u) << r.output;
@@ -164,8 +166,8 @@ TEST(RenderCli, Img2ImgAndInpaintingFromPngFiles) {
     WritePng(dir + "/image.png", g["input_image_uint8"]);
     WritePng(dir + "/mask.png", g["input_mask_uint8"]);
     ProcessRun r = Render({"--model", ModelPath("tiny-sd-inpaint"), "--prompt", "a yellow rubber duck", "--seed", "12",
-                    "--steps", "10", "--init-image", dir + "/image.png", "--mask", dir + "/mask.png", "--out",
-                    dir + "/inpaint", "--quiet"});
+                    "--steps", "10", "--sampler", "pndm", "--init-image", dir + "/image.png", "--mask",
+                    dir + "/mask.png", "--out", dir + "/inpaint", "--quiet"});
     ASSERT_EQ(r.exit_code, 0) << r.output;
     auto files = Pngs(dir + "/inpaint");
     ASSERT_EQ(files.size(), 1u);
@@ -197,6 +199,11 @@ TEST(RenderCli, BadInputIsRejectedWithAClearMessageAndNoOutput) {
       {{"--model", dir + "/no-such-model", "--prompt", "x"}, "does not exist"},
       {{"--model", ModelPath("tiny-sd-inpaint"), "--prompt", "x"}, "inpainting model"},
       {{"--model", model, "--prompt", "x", "--mask", dir + "/not.png"}, "--init-image"},
+      {{"--model", model, "--prompt", "x", "--size", "64"}, "--size"},
+      {{"--model", model, "--prompt", "x", "--size", "64x4"}, "--size"},
+      {{"--model", model, "--prompt", "x", "--size", "64x64", "--width", "64"}, "--size"},
+      {{"--model", model, "--prompt", "x", "--size", "64x60"}, "multiples of 8"},
+      {{"--model", model, "--prompt", "x", "--sampler", "models"}, "'model'"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args = c.args;
@@ -215,7 +222,8 @@ TEST(RenderCli, HelpListsEveryFlag) {
   EXPECT_EQ(r.exit_code, 0);
   for (const char* flag : {"--model", "--prompt", "--negative", "--seed", "--seeds", "--guidance", "--steps",
                            "--sampler", "--width", "--height", "--images-per-prompt", "--batch", "--device", "--dtype",
-                           "--init-image", "--strength", "--mask", "--clip-skip", "--lora", "--out", "--latents-out"}) {
+                           "--init-image", "--strength", "--mask", "--clip-skip", "--lora", "--out", "--latents-out",
+                           "--size", "--overwrite", "--prompt-chunking", "euler_a", "'model'"}) {
     EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
   }
 }
@@ -231,9 +239,10 @@ TEST(RenderCli, LoraMatchesDiffusersGoldens) {
        {"--prompt", "a portrait of a cat wearing a hat", "--negative", "low quality", "--seed", "35", "--sampler",
         "euler_a", "--lora", kohya + ":0.5"}},
       {"lora/lora_kohya_s1_pndm.safetensors",
-       {"--prompt", "a photograph of an astronaut riding a horse", "--seed", "34", "--lora", kohya}},
+       {"--prompt", "a photograph of an astronaut riding a horse", "--seed", "34", "--sampler", "pndm", "--lora",
+        kohya}},
       {"lora/lora_kohya_s1_pndm.safetensors",  // the diffusers-format folder, two LoRAs at 0.5 each
-       {"--prompt", "a photograph of an astronaut riding a horse", "--seed", "34", "--lora",
+       {"--prompt", "a photograph of an astronaut riding a horse", "--seed", "34", "--sampler", "pndm", "--lora",
         ModelPath("lora/tiny-sd-lora-diffusers") + ":0.5", "--lora", kohya + ":.5"}},
   };
   for (const auto& c : cases) {
@@ -347,6 +356,184 @@ TEST(MkModelCli, WritesALoadableRandomModelFromConfigs) {
   EXPECT_EQ(Pngs(imgs).size(), 1u);
 }
 
+// The farm's default sampler (coordinator/sweep_spec.h) is euler_a; so is
+// sdfarm-render's, so "the same settings" give the same image on both.
+TEST(RenderCli, DefaultSamplerIsEulerAAsOnTheFarm) {
+  auto g = LoadGolden("pipelines/sd_eulera_seed101_single.safetensors");
+  const std::string out = MakeTempDir();
+  ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--prompt", "a red fox in the snow", "--seed", "101",
+                         "--steps", "10", "--guidance", "7.5", "--size", "64x64", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto files = Pngs(out);
+  ASSERT_EQ(files.size(), 1u) << r.output;
+  ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(files[0], 3));
+  EXPECT_LE(MaxAbsDiff(Pixels(img), g["image_uint8"][0].to(at::kInt)), 2.0);
+  ASSERT_OK_AND_ASSIGN(auto text, engine::ReadPngText(files[0]));
+  ASSERT_OK_AND_ASSIGN(engine::GenerationParameters p, engine::ParseA1111Parameters(text.at(0).second));
+  EXPECT_EQ(p.sampler, "Euler a");
+}
+
+std::string FileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Renders seeds 0-1 of one prompt into `out` (a fresh folder) with `extra` flags.
+ProcessRun RenderTwoFoxes(const std::string& out, const std::vector<std::string>& extra) {
+  std::vector<std::string> a = {"--model", ModelPath("tiny-sd"), "--prompt", "a red fox", "--seeds", "0-1",
+                                "--size", "64x64", "--out", out};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return Render(a);
+}
+
+TEST(RenderCli, RefusesToOverwriteEarlierImagesWithoutOverwrite) {
+  const std::string out = MakeTempDir();
+  ProcessRun first = RenderTwoFoxes(out, {"--steps", "2"});
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const std::string image0 = out + "/0000-seed0-cfg7.5.png", image1 = out + "/0001-seed1-cfg7.5.png";
+  ASSERT_EQ(Pngs(out), (std::vector<std::string>{image0, image1}));
+  const std::string bytes0 = FileBytes(image0), bytes1 = FileBytes(image1);
+
+  // Another run into the same folder: refused before the model is even
+  // loaded, naming the first file in the way and the flag; nothing changes.
+  ProcessRun again = RenderTwoFoxes(out, {"--steps", "3"});
+  EXPECT_EQ(again.exit_code, 2) << again.output;
+  EXPECT_NE(again.output.find("error: " + image0 + " already exists"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("--overwrite"), std::string::npos) << again.output;
+  EXPECT_EQ(again.output.find("loading"), std::string::npos) << again.output;
+  EXPECT_EQ(FileBytes(image0), bytes0);
+  EXPECT_EQ(FileBytes(image1), bytes1);
+
+  // Only the second file left: it is the one named, and the first is not rendered.
+  fs::remove(image0);
+  ProcessRun partial = RenderTwoFoxes(out, {"--steps", "3"});
+  EXPECT_NE(partial.exit_code, 0);
+  EXPECT_NE(partial.output.find(image1 + " already exists"), std::string::npos) << partial.output;
+  EXPECT_FALSE(fs::exists(image0));
+}
+
+TEST(RenderCli, OverwriteReplacesEarlierImages) {
+  const std::string out = MakeTempDir();
+  ProcessRun first = RenderTwoFoxes(out, {"--steps", "2", "--quiet"});
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const std::string image1 = out + "/0001-seed1-cfg7.5.png";
+  const std::string bytes1 = FileBytes(image1);
+  ASSERT_FALSE(bytes1.empty());
+  // 3 steps instead of 2: other pixels, same names.
+  ProcessRun replaced = RenderTwoFoxes(out, {"--steps", "3", "--overwrite", "--quiet"});
+  ASSERT_EQ(replaced.exit_code, 0) << replaced.output;
+  EXPECT_NE(FileBytes(image1), bytes1);
+  EXPECT_EQ(Pngs(out).size(), 2u);
+}
+
+engine::Image Pattern(int width, int height, int channels) {
+  engine::Image img{width, height, channels, {}};
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      for (int c = 0; c < channels; ++c) {
+        // A gradient with a hard edge, so the resize filter has work to do.
+        const int v = c == 0 ? x * 255 / (width - 1) : c == 1 ? y * 255 / (height - 1) : (x > width / 3 ? 220 : 30);
+        img.pixels.push_back(static_cast<uint8_t>(channels == 1 ? (x * 3 + y * 2) % 256 : v));
+      }
+    }
+  }
+  return img;
+}
+
+TEST(RenderCli, InitImageOfAnotherSizeIsResizedWithLanczos) {
+  const std::string dir = MakeTempDir();
+  const engine::Image in = Pattern(100, 60, 3);
+  ASSERT_OK(engine::WritePngAtomic(dir + "/in.png", in));
+  // What a caller who resized it with Pillow first would pass: the same image.
+  ASSERT_OK(engine::WritePngAtomic(dir + "/in64.png", engine::ResizeLanczos(in, 64, 64)));
+  const std::vector<std::string> common = {"--model", ModelPath("tiny-sd"), "--prompt", "a stained glass window",
+                                           "--seed", "3", "--steps", "2", "--strength", "0.5"};
+  auto render = [&](const std::string& image, const std::vector<std::string>& extra, const std::string& out) {
+    std::vector<std::string> a = common;
+    a.insert(a.end(), {"--init-image", image, "--out", out});
+    a.insert(a.end(), extra.begin(), extra.end());
+    return Render(a);
+  };
+  ProcessRun sized = render(dir + "/in.png", {"--size", "64x64"}, dir + "/sized");
+  ASSERT_EQ(sized.exit_code, 0) << sized.output;
+  EXPECT_NE(sized.output.find("note: resizing the init image from 100x60 to 64x64"), std::string::npos)
+      << sized.output;
+  ProcessRun presized = render(dir + "/in64.png", {}, dir + "/presized");
+  ASSERT_EQ(presized.exit_code, 0) << presized.output;
+  EXPECT_EQ(presized.output.find("resizing"), std::string::npos) << presized.output;
+  ASSERT_EQ(Pngs(dir + "/sized").size(), 1u);
+  ASSERT_OK_AND_ASSIGN(engine::Image a, engine::ReadPng(Pngs(dir + "/sized")[0], 3));
+  ASSERT_OK_AND_ASSIGN(engine::Image b, engine::ReadPng(Pngs(dir + "/presized")[0], 3));
+  EXPECT_EQ(a.width, 64);
+  EXPECT_EQ(a.height, 64);
+  EXPECT_EQ(a.pixels, b.pixels);
+}
+
+TEST(RenderCli, InitImageSizeDefaultsToTheImagesRoundedDownToMultiplesOf8) {
+  // diffusers' VaeImageProcessor: a 100x60 image is resized (not cropped) to 96x56.
+  const std::string dir = MakeTempDir();
+  ASSERT_OK(engine::WritePngAtomic(dir + "/in.png", Pattern(100, 60, 3)));
+  ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--prompt", "a stained glass window", "--steps", "2",
+                         "--strength", "0.5", "--init-image", dir + "/in.png", "--out", dir + "/out"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("note: resizing the init image from 100x60 to 96x56"), std::string::npos) << r.output;
+  ASSERT_EQ(Pngs(dir + "/out").size(), 1u);
+  ASSERT_OK_AND_ASSIGN(engine::Image img, engine::ReadPng(Pngs(dir + "/out")[0], 3));
+  EXPECT_EQ(img.width, 96);
+  EXPECT_EQ(img.height, 56);
+}
+
+TEST(RenderCli, InpaintingResizesImageAndMaskThenBinarisesTheMask) {
+  const std::string dir = MakeTempDir();
+  const engine::Image image = Pattern(100, 60, 3);
+  const engine::Image mask = Pattern(100, 60, 1);  // grey levels: the threshold matters after resizing
+  ASSERT_OK(engine::WritePngAtomic(dir + "/image.png", image));
+  ASSERT_OK(engine::WritePngAtomic(dir + "/mask.png", mask));
+  // diffusers: both resized with Lanczos, then the mask thresholded at 0.5.
+  engine::Image mask64 = engine::ResizeLanczos(mask, 64, 64);
+  for (uint8_t& v : mask64.pixels) v = v >= 128 ? 255 : 0;
+  ASSERT_OK(engine::WritePngAtomic(dir + "/image64.png", engine::ResizeLanczos(image, 64, 64)));
+  ASSERT_OK(engine::WritePngAtomic(dir + "/mask64.png", mask64));
+  auto render = [&](const std::string& suffix, const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {"--model", ModelPath("tiny-sd-inpaint"), "--prompt", "a yellow rubber duck",
+                                  "--seed", "12", "--steps", "2", "--init-image", dir + "/image" + suffix + ".png",
+                                  "--mask", dir + "/mask" + suffix + ".png", "--out", dir + "/out" + suffix};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return Render(a);
+  };
+  ProcessRun resized = render("", {"--size", "64x64"});
+  ASSERT_EQ(resized.exit_code, 0) << resized.output;
+  EXPECT_NE(resized.output.find("resizing the mask from 100x60 to 64x64"), std::string::npos) << resized.output;
+  ProcessRun presized = render("64", {});
+  ASSERT_EQ(presized.exit_code, 0) << presized.output;
+  ASSERT_OK_AND_ASSIGN(engine::Image a, engine::ReadPng(Pngs(dir + "/out")[0], 3));
+  ASSERT_OK_AND_ASSIGN(engine::Image b, engine::ReadPng(Pngs(dir + "/out64")[0], 3));
+  EXPECT_EQ(a.width, 64);
+  EXPECT_EQ(a.pixels, b.pixels);
+}
+
+TEST(RenderCli, PromptChunkingKeepsLongPrompts) {
+  std::string prompt;
+  for (int i = 0; i < 50; ++i) prompt += "fox ";
+  for (int i = 0; i < 50; ++i) prompt += "castle ";
+  const std::string dir = MakeTempDir();
+  auto render = [&](const std::string& out, bool chunking) {
+    std::vector<std::string> a = {"--model", ModelPath("tiny-sd"), "--prompt", prompt, "--steps", "2",
+                                  "--size", "64x64", "--out", out};
+    if (chunking) a.push_back("--prompt-chunking");
+    return Render(a);
+  };
+  ProcessRun cut = render(dir + "/cut", false);
+  ASSERT_EQ(cut.exit_code, 0) << cut.output;
+  EXPECT_NE(cut.output.find("25 tokens were dropped"), std::string::npos) << cut.output;
+  ProcessRun chunked = render(dir + "/chunked", true);
+  ASSERT_EQ(chunked.exit_code, 0) << chunked.output;
+  EXPECT_EQ(chunked.output.find("dropped"), std::string::npos) << chunked.output;
+  ASSERT_OK_AND_ASSIGN(engine::Image a, engine::ReadPng(Pngs(dir + "/cut")[0], 3));
+  ASSERT_OK_AND_ASSIGN(engine::Image b, engine::ReadPng(Pngs(dir + "/chunked")[0], 3));
+  EXPECT_NE(a.pixels, b.pixels);
+}
+
 // Single-file checkpoints and --vae, end to end.
 
 TEST(RenderCli, SingleFileCheckpointMatchesDiffusers) {
@@ -354,8 +541,8 @@ TEST(RenderCli, SingleFileCheckpointMatchesDiffusers) {
   const std::string file = ModelPath("single_file/tiny-sd.safetensors");
   const std::string out = MakeTempDir();
   ProcessRun r = Render({"--model", file, "--model-config", ModelPath("tiny-sd"), "--prompt",
-                         "a photograph of an astronaut riding a horse", "--seed", "0", "--steps", "15", "--width",
-                         "64", "--height", "64", "--out", out});
+                         "a photograph of an astronaut riding a horse", "--seed", "0", "--steps", "15", "--sampler",
+                         "pndm", "--width", "64", "--height", "64", "--out", out});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto files = Pngs(out);
   ASSERT_EQ(files.size(), 1u) << r.output;
@@ -370,7 +557,8 @@ TEST(RenderCli, SingleFileCheckpointMatchesDiffusers) {
 
 // The hub folders as published (configs missing keys written by later
 // diffusers versions): the SD 1.5-keyed one, with its pipeline default size of
-// 512 overridden, and the SD 2.1-keyed one at its v-prediction DDIM default.
+// 512 overridden, and the SD 2.1-keyed one with its own scheduler config
+// (--sampler model: v-prediction DDIM).
 TEST(RenderCli, HubConfigFoldersMatchDiffusers) {
   struct Case {
     std::string golden, model;
@@ -380,7 +568,8 @@ TEST(RenderCli, HubConfigFoldersMatchDiffusers) {
            {"hubcfg/hubcfg_sd15_euler.safetensors", "tiny-sd-hubcfg",
             {"--prompt", "a castle on a hill at sunset", "--seed", "30", "--sampler", "euler", "--guidance", "7.5"}},
            {"hubcfg/hubcfg_sd21_ddim_vpred.safetensors", "tiny-sd-v2-hubcfg",
-            {"--prompt", "a sailing boat on a calm sea", "--negative", "blurry", "--seed", "31", "--guidance", "7"}}}) {
+            {"--prompt", "a sailing boat on a calm sea", "--negative", "blurry", "--seed", "31", "--guidance", "7",
+             "--sampler", "model"}}}) {
     auto g = LoadGolden(c.golden);
     const std::string out = MakeTempDir();
     std::vector<std::string> args = {"--model", ModelPath(c.model), "--steps", "10", "--width", "64", "--height",
@@ -413,8 +602,8 @@ TEST(RenderCli, VaeFlagSwapsTheVaeAndIsRecorded) {
   auto g = LoadGolden("vae_swap/vae_swap_sd15_pndm.safetensors");
   const std::string out = MakeTempDir();
   ProcessRun r = Render({"--model", ModelPath("tiny-sd"), "--vae", ModelPath("tiny-sd-vae-alt"), "--prompt",
-                         "a photograph of an astronaut riding a horse", "--seed", "44", "--steps", "10", "--width",
-                         "64", "--height", "64", "--out", out, "--quiet"});
+                         "a photograph of an astronaut riding a horse", "--seed", "44", "--steps", "10", "--sampler",
+                         "pndm", "--width", "64", "--height", "64", "--out", out, "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto files = Pngs(out);
   ASSERT_EQ(files.size(), 1u) << r.output;

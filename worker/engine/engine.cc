@@ -24,6 +24,7 @@
 #include "worker/engine/model_loader.h"
 #include "worker/engine/scheduler.h"
 #include "worker/engine/single_file.h"
+#include "worker/engine/text_conditioning.h"
 #include "worker/engine/weights.h"
 
 namespace sdfarm::engine {
@@ -407,37 +408,10 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
     const double scaling = m.vae->config().scaling_factor;
     const auto dev = m.device;
 
-    // 1. Text: every distinct prompt is encoded once.
-    bool cfg = false;
-    for (const auto& it : r.items) cfg = cfg || it.guidance_scale > 1.0;
-    struct Row {
-      int64_t index;
-      int dropped_tokens;
-    };
-    std::map<std::string, Row> row_of;
-    std::vector<at::Tensor> id_rows;
-    auto row = [&](const std::string& text, int* dropped) {
-      auto found = row_of.find(text);
-      if (found == row_of.end()) {
-        ClipTokenizer::Padded p = m.tokenizer->EncodePadded(text);
-        id_rows.push_back(at::tensor(p.ids, at::kLong));
-        found = row_of.emplace(text, Row{static_cast<int64_t>(id_rows.size()) - 1, p.dropped_tokens}).first;
-      }
-      if (dropped) *dropped = found->second.dropped_tokens;
-      return found->second.index;
-    };
-    std::vector<int64_t> cond_rows, uncond_rows;
-    result.dropped_tokens.resize(batch);
-    for (int64_t i = 0; i < batch; ++i) {
-      cond_rows.push_back(row(r.items[i].prompt, &result.dropped_tokens[i]));
-      if (cfg) uncond_rows.push_back(row(r.items[i].negative_prompt, nullptr));
-    }
-    at::Tensor ids = at::stack(id_rows).to(dev);
-    at::Tensor unique_embeds = m.text_encoder->Encode(ids, r.clip_skip);
-    auto gather = [&](const std::vector<int64_t>& rows) {
-      return unique_embeds.index_select(0, at::tensor(rows, at::kLong).to(dev));
-    };
-    at::Tensor context = cfg ? at::cat({gather(uncond_rows), gather(cond_rows)}, 0) : gather(cond_rows);
+    // 1. Text: every distinct prompt (or prompt chunk) is encoded once.
+    const TextConditioning text = EncodeText(*m.tokenizer, *m.text_encoder, r, dev);
+    const bool cfg = text.cfg;
+    result.dropped_tokens = text.dropped_tokens;
     std::vector<float> g_values;
     for (const auto& it : r.items) g_values.push_back(static_cast<float>(it.guidance_scale));
     at::Tensor guidance = at::tensor(g_values, at::kFloat).view({batch, 1, 1, 1}).to(dev);
@@ -518,7 +492,7 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
       at::Tensor x = sched->ScaleModelInput(latents, idx);
       if (cfg) x = at::cat({x, x}, 0);
       if (mask_latents.defined()) x = at::cat({x, mask_latents.to(x.scalar_type()), masked_image_latents}, 1);
-      at::Tensor out = m.unet->Forward(x.to(m.dtype), t.to(dev), context).to(at::kFloat);
+      at::Tensor out = RunUNetWithText(*m.unet, x.to(m.dtype), t.to(dev), text).to(at::kFloat);
       if (cfg) {
         std::vector<at::Tensor> parts = out.chunk(2, 0);
         at::Tensor guided = parts[0] + guidance * (parts[1] - parts[0]);

@@ -100,7 +100,13 @@ struct RenderRequest {
   SeedMode seed_mode = SeedMode::kPerImage;
   uint64_t shared_seed = 0;         // for SeedMode::kShared
   bool keep_latents = false;        // fill RenderResult::latents
-  bool prompt_chunking = false;     // A1111-style: prompts over 75 tokens encoded in chunks of 75
+  // AUTOMATIC1111's prompt chunking: a prompt over 75 tokens is split into
+  // chunks of 75 (each with its own BOS/EOS, padded to 77; A1111's comma
+  // backtrack), encoded one by one and concatenated ([77 * chunks, hidden]);
+  // an item's prompt and negative prompt are padded with empty chunks to the
+  // same count. No emphasis syntax: every token has weight 1.0. Off: prompts
+  // are cut at 77 tokens, as diffusers does (RenderResult::dropped_tokens).
+  bool prompt_chunking = false;
   // LoRAs for this request, in order. The engine keeps the base weights and
   // applies a new set only when it differs from the previous request's.
   std::vector<LoraRef> loras;
@@ -123,7 +129,7 @@ struct RenderResult {
   std::vector<float> latents;         // final latents before VAE decoding, [B, 4, h, w], when kept
   std::vector<float> initial_latents; // the latents entering the first step, when kept
   std::vector<int64_t> latents_shape;
-  std::vector<int> dropped_tokens;    // per item: prompt tokens cut at the 77-token limit
+  std::vector<int> dropped_tokens;    // per item: prompt tokens cut at the 77-token limit (0 with prompt_chunking)
   std::vector<LoraInfo> loras;        // per request LoRA, in order (A1111's "Lora hashes")
   double text_seconds = 0, denoise_seconds = 0, decode_seconds = 0;
   double lora_seconds = 0;            // merging the request's LoRA set (0 when it was already applied)

@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <optional>
 
 #include "worker/engine/weights.h"
@@ -58,8 +59,36 @@ struct AttentionOptions {
 // [B, Lq, heads * head_dim]. Uses at::scaled_dot_product_attention (flash /
 // memory-efficient kernels) where LibTorch >= 2.0, else the classic
 // baddbmm + softmax + bmm path of diffusers' AttnProcessor.
+//
+// On the CPU, when the score matrix [B*heads, Lq, Lk] would be larger than
+// the slice bound (kCpuAttentionSliceBytes), the queries are processed in
+// slices of rows whose scores fit the bound: each query row's softmax only
+// involves its own scores, so the result is the same up to float rounding
+// (BLAS may block a shorter product differently), while the transient memory
+// drops from O(Lq * Lk) to O(bound). This is what makes 512x512 fit on small
+// CPU machines: 4,096 latent tokens give 16 x 4096 x 4096 float scores
+// (1 GiB, twice with the softmax output) per self-attention with CFG.
+// CUDA devices always take the whole matrix at once.
 at::Tensor MultiHeadAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const AttentionOptions& options);
+
+// The CPU slice bound: at most this many bytes of attention scores per slice.
+// 16 MiB keeps every slice's scores and softmax output below glibc's largest
+// mmap threshold (32 MiB, see ConfigureCpu in engine.cc), so the blocks are
+// reused from the heap instead of being page-faulted in again for every slice;
+// measured in tests/bench/RESULTS.md ("CPU attention slices").
+inline constexpr int64_t kCpuAttentionSliceBytes = int64_t{16} << 20;
+
+// Test and benchmark hook: sets the CPU slice bound for the whole process
+// (<= 0: never slice) and returns the previous value. Not for concurrent use
+// with renders in flight.
+int64_t SetCpuAttentionSliceBytes(int64_t bytes);
+
+// Query rows per slice for a [batch_heads, lq, lk] score matrix of
+// `score_element_bytes`-byte elements under `max_bytes` (<= 0: no bound):
+// lq when the whole matrix fits, else as many rows as fit, at least 1.
+int64_t AttentionSliceRows(int64_t batch_heads, int64_t lq, int64_t lk, int64_t score_element_bytes,
+                           int64_t max_bytes);
 
 // Whether MultiHeadAttention uses at::scaled_dot_product_attention in this build.
 bool UsesFusedAttention();

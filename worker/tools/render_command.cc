@@ -9,9 +9,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <utility>
 
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/image_resize.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/scheduler.h"
 #include "worker/tools/cli_flags.h"
@@ -46,11 +48,17 @@ void DefineFlags(CliFlags& f) {
   f.Add("negative", "TEXT", "negative prompt (used when --guidance > 1)", "");
   f.Add("seed", "N", "seed of the first image; image k of a prompt uses N+k", "0");
   f.Add("seeds", "LIST", "explicit seeds, e.g. 0-9,42: one image per seed for each prompt");
-  f.Add("guidance", "SCALE", "classifier-free guidance scale; <= 1 runs without guidance", "7.5");
-  f.Add("steps", "N", "denoising steps", "30");
-  f.Add("sampler", "NAME", "pndm ddim euler euler_a lms dpmpp_2m dpmpp_2m_karras ddpm (default: the model's)");
-  f.Add("width", "PX", "image width, a multiple of 8 (default: the model's, or the init image's)");
-  f.Add("height", "PX", "image height, a multiple of 8 (default: the model's, or the init image's)");
+  f.Add("guidance", "SCALE", "classifier-free guidance scale; <= 1 runs without guidance",
+        engine::FormatNumber(kRenderDefaultGuidance));
+  f.Add("steps", "N", "denoising steps", std::to_string(kRenderDefaultSteps));
+  f.Add("sampler", "NAME",
+        "pndm ddim euler euler_a lms dpmpp_2m dpmpp_2m_karras ddpm, or 'model': the model's own scheduler config, "
+        "as diffusers' pipeline uses it (PNDM for SD 1.x)",
+        kRenderDefaultSampler);
+  f.Add("size", "WxH", "image size, multiples of 8, e.g. 512x768 (default: the model's, or the init image's "
+        "rounded down to multiples of 8); an init image and mask of another size are resized to it (Lanczos)");
+  f.Add("width", "PX", "image width, a multiple of 8 (instead of --size)");
+  f.Add("height", "PX", "image height, a multiple of 8 (instead of --size)");
   f.Add("images-per-prompt", "N", "images per prompt (seeds N, N+1, ...)", "1");
   f.Add("batch", "N", "images rendered together in one pass (more is faster on a GPU, needs more memory)", "1");
   f.Add("device", "DEV", "cpu, cuda or cuda:N", "cpu");
@@ -60,17 +68,25 @@ void DefineFlags(CliFlags& f) {
   f.Add("strength", "S", "img2img denoising strength in (0, 1]", "0.8");
   f.Add("mask", "PNG", "inpainting mask (white = repaint); needs an inpainting model");
   f.Add("clip-skip", "N", "use the N-th last text encoder layer (1 = last, 2 = AUTOMATIC1111's 'Clip skip 2')", "1");
+  f.AddBool("prompt-chunking",
+            "prompts over 75 tokens are encoded in chunks of 75 and concatenated, as AUTOMATIC1111 does (without "
+            "its (emphasis:1.2) syntax); default: cut at CLIP's 77 tokens, as diffusers does");
   f.Add("lora", "PATH[:SCALE]",
         "apply a LoRA (kohya/A1111 .safetensors, or a diffusers LoRA file or folder) with SCALE (default 1.0) to "
         "the UNet and the text encoder; repeat for several",
         std::nullopt, true);
   f.Add("out", "DIR", "output folder", "out");
+  f.AddBool("overwrite", "replace images (and --latents-out) left in --out by an earlier run; without it such a "
+            "file is an error, reported before anything is rendered");
   f.Add("latents-out", "FILE", "also write the final latents (before VAE decoding) as safetensors");
   f.AddBool("shared-generator", "one generator for each batch, as diffusers' default (for parity checks)");
   f.AddBool("quiet", "no progress output");
   f.SetEpilog(
       "Examples:\n"
       "  sdfarm-render --model models/sd15 --prompt 'a red fox in the snow' --seeds 0-3 --steps 25\n"
+      "  sdfarm-render --model models/sd15 --prompt 'a lighthouse, storm, oil painting, ...' --prompt-chunking "
+      "--size 512x768\n"
+      "  sdfarm-render --model models/sd15 --prompt 'a red fox' --sampler model   # as diffusers' pipeline defaults\n"
       "  sdfarm-render --model models/sd15 --prompt 'oil painting' --init-image in.png --strength 0.6\n"
       "  sdfarm-render --model models/sd15-inpaint --prompt 'a cat' --init-image in.png --mask mask.png\n"
       "  sdfarm-render --model models/sd15 --prompt 'a castle' --lora loras/add_detail.safetensors:0.7 --lora style\n"
@@ -78,7 +94,39 @@ void DefineFlags(CliFlags& f) {
       "  sdfarm-render --model v2-1_768-ema-pruned.safetensors --prediction-type v_prediction --prompt 'a fox'\n"
       "\nPickle checkpoints (.ckpt, .pt) are refused: convert them to .safetensors first.\n"
       "\nEach image is written as <out>/<index>-seed<seed>-cfg<guidance>.png with its parameters embedded\n"
-      "in AUTOMATIC1111's format (PNG Info, Civitai and other tools read it).\n");
+      "in AUTOMATIC1111's format (PNG Info, Civitai and other tools read it). Files of an earlier run are\n"
+      "never replaced without --overwrite.\n"
+      "\nThe default sampler is euler_a, as the farm's (so the same settings give the same image on both);\n"
+      "--sampler model uses the model's scheduler config, which is what diffusers' pipelines do.\n"
+      "\nOn a CPU, time grows with the pixel count (and attention with its square): the model's default size\n"
+      "is the quick one; 512x512 with SD 1.5 takes minutes per image.\n");
+}
+
+// "512x768" -> {512, 768}.
+engine::StatusOr<std::pair<int, int>> ParseSize(const std::string& text) {
+  const size_t x = text.find_first_of("xX");
+  auto dim = [](const std::string& part, int* out) {
+    if (part.empty() || part.size() > 5 || part.find_first_not_of("0123456789") != std::string::npos) return false;
+    *out = std::stoi(part);
+    return *out >= 8 && *out <= 8192;
+  };
+  std::pair<int, int> size;
+  if (x == std::string::npos || !dim(text.substr(0, x), &size.first) || !dim(text.substr(x + 1), &size.second)) {
+    return engine::InvalidArgumentError("--size must be WIDTHxHEIGHT in pixels, each in [8, 8192], e.g. 512x768; "
+                                        "got '" + text + "'");
+  }
+  return size;
+}
+
+// The input image or mask at the size being rendered: resized as diffusers
+// does (Pillow's Lanczos), with a one-line note.
+Image FitToSize(const Image& image, int width, int height, const char* what, bool quiet) {
+  if (image.width == width && image.height == height) return image;
+  if (!quiet) {
+    std::fprintf(stderr, "note: resizing the %s from %dx%d to %dx%d (Lanczos, as diffusers does)\n", what,
+                 image.width, image.height, width, height);
+  }
+  return engine::ResizeLanczos(image, width, height);
 }
 
 std::string FileName(size_t index, const RenderItem& item) {
@@ -151,8 +199,12 @@ int RunRender(int argc, char** argv) {
     }
     for (int64_t k = 0; k < *nipp; ++k) seeds.push_back(first + static_cast<uint64_t>(k));
   }
-  if (flags.Has("sampler")) {
-    if (auto s = engine::ParseSampler(flags.Get("sampler")); !s.ok()) return Fail(s.status(), 2);
+  // "model": the model's scheduler config (the engine's empty sampler).
+  const std::string sampler_flag = flags.Get("sampler") == "model" ? "" : flags.Get("sampler");
+  if (!sampler_flag.empty()) {
+    if (auto s = engine::ParseSampler(sampler_flag); !s.ok()) {
+      return Fail(engine::InvalidArgumentError(s.status().message() + "; or 'model' for the model's own"), 2);
+    }
   }
 
   RenderRequest base;
@@ -162,15 +214,40 @@ int RunRender(int argc, char** argv) {
     base.loras.push_back(*ref);
   }
   base.steps = static_cast<int>(*steps);
-  base.sampler = flags.Get("sampler");
+  base.sampler = sampler_flag;
   base.clip_skip = static_cast<int>(*clip_skip);
   base.keep_latents = flags.Has("latents-out");
+  base.prompt_chunking = flags.GetBool("prompt-chunking");
+  const bool quiet = flags.GetBool("quiet");
+  if (flags.Has("size")) {
+    if (flags.Has("width") || flags.Has("height")) {
+      return Fail(engine::InvalidArgumentError("--size replaces --width and --height; give one or the other"), 2);
+    }
+    auto size = ParseSize(flags.Get("size"));
+    if (!size.ok()) return Fail(size.status(), 2);
+    base.width = size->first;
+    base.height = size->second;
+  }
+  for (const char* dim : {"width", "height"}) {
+    if (!flags.Has(dim)) continue;
+    auto v = flags.GetInt(dim, 8, 8192);
+    if (!v.ok()) return Fail(v.status(), 2);
+    (std::string(dim) == "width" ? base.width : base.height) = static_cast<int>(*v);
+  }
   if (flags.Has("init-image")) {
     auto img = engine::ReadPng(flags.Get("init-image"), 3);
     if (!img.ok()) return Fail(img.status(), 2);
-    base.init_image = std::move(img).value();
-    base.width = base.init_image->width;
-    base.height = base.init_image->height;
+    // Unless told otherwise, the image's size rounded down to multiples of 8
+    // (diffusers' VaeImageProcessor); the image is then resized to it.
+    if (base.width == 0) base.width = img->width - img->width % 8;
+    if (base.height == 0) base.height = img->height - img->height % 8;
+    if (base.width < 8 || base.height < 8) {
+      return Fail(engine::InvalidArgumentError("the init image " + flags.Get("init-image") + " is " +
+                                               std::to_string(img->width) + "x" + std::to_string(img->height) +
+                                               ": at least 8x8 pixels are needed"),
+                  2);
+    }
+    base.init_image = FitToSize(*img, base.width, base.height, "init image", quiet);
     base.strength = *strength;
   } else if (flags.Has("strength")) {
     return Fail(engine::InvalidArgumentError("--strength needs --init-image"), 2);
@@ -179,14 +256,16 @@ int RunRender(int argc, char** argv) {
     if (!base.init_image) return Fail(engine::InvalidArgumentError("--mask needs --init-image"), 2);
     auto mask = engine::ReadPng(flags.Get("mask"), 1);
     if (!mask.ok()) return Fail(mask.status(), 2);
-    base.mask = std::move(mask).value();
+    if (mask->width != base.width || mask->height != base.height) {
+      // diffusers' prepare_mask_and_masked_image: Lanczos on the L mask, then
+      // binarised at 0.5 (the engine binarises every mask the same way).
+      Image fitted = FitToSize(*mask, base.width, base.height, "mask", quiet);
+      for (uint8_t& v : fitted.pixels) v = v >= 128 ? 255 : 0;
+      base.mask = std::move(fitted);
+    } else {
+      base.mask = std::move(mask).value();
+    }
     if (!flags.Has("strength")) base.strength = 1.0;  // inpainting repaints fully unless told otherwise
-  }
-  for (const char* dim : {"width", "height"}) {
-    if (!flags.Has(dim)) continue;
-    auto v = flags.GetInt(dim, 8, 8192);
-    if (!v.ok()) return Fail(v.status(), 2);
-    (std::string(dim) == "width" ? base.width : base.height) = static_cast<int>(*v);
   }
 
   std::vector<RenderItem> items;
@@ -195,6 +274,20 @@ int RunRender(int argc, char** argv) {
   }
 
   const std::string out_dir = flags.Get("out");
+  // Never replace an earlier run's files by accident; checked before any compute.
+  if (!flags.GetBool("overwrite")) {
+    std::vector<std::string> outputs;
+    for (size_t i = 0; i < items.size(); ++i) outputs.push_back(out_dir + "/" + FileName(i, items[i]));
+    if (flags.Has("latents-out")) outputs.push_back(flags.Get("latents-out"));
+    for (const std::string& path : outputs) {
+      std::error_code exists_ec;
+      if (fs::exists(fs::symlink_status(path, exists_ec))) {
+        return Fail(engine::Status(engine::StatusCode::kAlreadyExists, path + " already exists (from an earlier run?); pass --overwrite to "
+                                               "replace it, or choose another --out"),
+                    2);
+      }
+    }
+  }
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return Fail(engine::UnavailableError("cannot create output folder " + out_dir + ": " + ec.message()));
@@ -208,7 +301,6 @@ int RunRender(int argc, char** argv) {
   options.prediction_type = flags.Get("prediction-type");
   options.ema = flags.GetBool("ema");
   options.vae = flags.Get("vae");
-  const bool quiet = flags.GetBool("quiet");
   const bool tty = isatty(STDERR_FILENO);
   if (!quiet) std::fprintf(stderr, "loading %s on %s...\n", flags.Get("model").c_str(), options.device.c_str());
   auto engine = Engine::Load(flags.Get("model"), options);
@@ -266,7 +358,9 @@ int RunRender(int argc, char** argv) {
     for (size_t i = 0; i < req.items.size(); ++i) {
       const RenderItem& item = req.items[i];
       if (result->dropped_tokens[i] > 0 && !quiet) {
-        std::fprintf(stderr, "warning: prompt of image %zu is longer than 77 tokens; %d tokens were dropped\n",
+        std::fprintf(stderr,
+                     "warning: prompt of image %zu is longer than 77 tokens; %d tokens were dropped "
+                     "(--prompt-chunking keeps them, as AUTOMATIC1111 does)\n",
                      begin + i, result->dropped_tokens[i]);
       }
       const engine::GenerationParameters p = engine::ParametersFor(

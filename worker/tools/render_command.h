@@ -10,6 +10,12 @@
 
 namespace sdfarm::tools {
 
+// sdfarm-render's defaults, also what tests/bench measures as "a render with
+// the defaults". The sampler is the farm's default (coordinator/sweep_spec.h).
+inline constexpr char kRenderDefaultSampler[] = "euler_a";
+inline constexpr int kRenderDefaultSteps = 30;
+inline constexpr double kRenderDefaultGuidance = 7.5;
+
 // Parses a --lora value, PATH[:SCALE]: the text after the last ':' is the
 // scale when it is a number (paths may hold ':'), else the whole value is
 // the path and the scale is 1.
