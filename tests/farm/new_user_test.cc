@@ -415,6 +415,21 @@ TEST(FarmTest, ALongPromptIsWarnedAboutWhereItIsCut) {
   RunResult watch = RunProgram({SDFARM_CLIENT_BIN, "watch", "long"}, env, absl::Minutes(1));
   EXPECT_EQ(watch.exit_code, 0) << watch.output;
   EXPECT_NE(watch.output.find("warning: the prompt \"fox fox"), std::string::npos) << watch.output;
+
+  // With prompt_chunking (A1111's 75-token chunks) nothing is cut or warned about.
+  spec["name"] = "long-chunked";
+  spec["prompt_chunking"] = true;
+  ASSERT_TRUE(farm->Submit(spec.dump()).ok());
+  auto chunked = farm->WaitForState("long-chunked", pb::DONE, absl::Seconds(120));
+  ASSERT_TRUE(chunked.ok()) << chunked.status() << farm->Logs();
+  EXPECT_EQ(chunked->warnings_size(), 0) << chunked->DebugString();
+  const std::vector<json> chunked_rows = ReadManifest(farm->output_root() + "/long-chunked");
+  ASSERT_EQ(chunked_rows.size(), 1u);
+  EXPECT_EQ(chunked_rows[0]["prompt_tokens_dropped"], 0);
+  RunResult dry_chunked = RunProgram({SDFARM_CLIENT_BIN, "submit", "--model", "tiny-sd", "--prompt", prompt, "--seeds",
+                                      "1", "--prompt-chunking", "--dry-run"},
+                                     env, absl::Minutes(1));
+  EXPECT_EQ(dry_chunked.output.find("warning"), std::string::npos) << dry_chunked.output;
 }
 
 }  // namespace
