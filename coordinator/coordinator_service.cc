@@ -1403,7 +1403,16 @@ absl::StatusOr<std::optional<QueuedJob>> Coordinator::Impl::TryClaim(const std::
   const std::string stream = StreamKey(model);
   // 1. What it held before it registered again: its own restart (same
   //    --worker-id) or the coordinator's. It holds nothing now (it claims).
-  ASSIGN_OR_RETURN(std::optional<QueuedJob> job, RedeliverOwn(redis.get(), stream, worker, handed));
+  std::set<std::string> pending;
+  bool complete = false;
+  ASSIGN_OR_RETURN(std::optional<QueuedJob> job,
+                   RedeliverOwn(redis.get(), stream, worker, handed, &pending, &complete));
+  if (complete) {
+    // Deliveries no longer pending for it need no remembering (bounded memory).
+    absl::MutexLock lock(&mu_);
+    auto w = workers_.find(worker);
+    if (w != workers_.end()) std::erase_if(w->second.handed, [&](const std::string& id) { return !pending.count(id); });
+  }
   if (!job) {
     // 2. Jobs whose worker let the lease expire. A job this worker failed
     //    goes to another worker first ("retried elsewhere"): it is released

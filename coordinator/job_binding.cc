@@ -82,11 +82,22 @@ absl::StatusOr<Binding> CheckBinding(RedisClient* redis, const DeliveryRef& d) {
 absl::StatusOr<Binding> RenewBinding(RedisClient* redis, const DeliveryRef& d) { return RunCheck(redis, d, true); }
 
 absl::StatusOr<std::optional<QueuedJob>> RedeliverOwn(RedisClient* redis, const std::string& stream_key,
-                                                       const std::string& worker, const std::set<std::string>& skip) {
-  auto pending = redis->Command({"XPENDING", stream_key, JobQueue::kGroup, "-", "+", "50", worker});
+                                                       const std::string& worker, const std::set<std::string>& skip,
+                                                       std::set<std::string>* pending_out, bool* complete) {
+  constexpr int kMaxSeen = 50;
+  *complete = false;
+  pending_out->clear();
+  auto pending = redis->Command({"XPENDING", stream_key, JobQueue::kGroup, "-", "+", absl::StrCat(kMaxSeen), worker});
   if (!pending.ok()) {
-    if (pending.status().code() == absl::StatusCode::kNotFound) return std::nullopt;  // NOGROUP: nothing pending
+    if (pending.status().code() == absl::StatusCode::kNotFound) {  // NOGROUP: nothing pending
+      *complete = true;
+      return std::nullopt;
+    }
     return pending.status();
+  }
+  *complete = static_cast<int>(pending->array().size()) < kMaxSeen;
+  for (const RedisReply& entry : pending->array()) {
+    if (!entry.array().empty() && entry.array()[0].is_string() && *complete) pending_out->insert(entry.array()[0].str());
   }
   for (const RedisReply& entry : pending->array()) {
     if (entry.array().empty() || !entry.array()[0].is_string()) continue;

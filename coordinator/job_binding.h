@@ -60,9 +60,12 @@ absl::StatusOr<Binding> RenewBinding(RedisClient* redis, const DeliveryRef& d);
 // A delivery `worker` holds already (pending for its consumer) and that is
 // not in `skip`, delivered to it again (its delivery count incremented, its
 // idle time reset); nullopt when there is none. For a worker that
-// registered again after its own or the coordinator's restart.
+// registered again after its own or the coordinator's restart. When
+// `pending` is set it receives every delivery pending for `worker` if they
+// were all seen (at most 50), else it is left empty and *complete is false.
 absl::StatusOr<std::optional<QueuedJob>> RedeliverOwn(RedisClient* redis, const std::string& stream_key,
-                                                       const std::string& worker, const std::set<std::string>& skip);
+                                                       const std::string& worker, const std::set<std::string>& skip,
+                                                       std::set<std::string>* pending, bool* complete);
 
 }  // namespace sdfarm::coordinator
 
