@@ -23,6 +23,8 @@ namespace sdfarm {
 
 // The metadata key carrying "Bearer <token>".
 inline constexpr char kAuthMetadataKey[] = "authorization";
+// A worker's session secret (RegisterResponse.session) on every later call.
+inline constexpr char kSessionMetadataKey[] = "sdfarm-session";
 
 // A channel to `address` (host:port): TLS verified against the PEM CA bundle
 // in `tls_ca_file` when it is non-empty, plaintext otherwise. NotFound /

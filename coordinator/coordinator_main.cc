@@ -49,8 +49,8 @@ int Run(int argc, char** argv) {
   flags.Add("redis-url", "URL", "Redis holding the queues and sweep state: redis://[:password@]host[:port][/db]",
             "redis://127.0.0.1:6379");
   flags.SetEnv("redis-url", "SDFARM_REDIS_URL");
-  flags.Add("worker-redis-url", "URL", "the Redis URL handed to workers, when they reach Redis at another address "
-            "(default: --redis-url)");
+  flags.Add("worker-redis-url", "URL", "ignored (deprecated): workers no longer reach Redis; the coordinator "
+            "hands out their jobs");
   flags.SetEnv("worker-redis-url", "SDFARM_WORKER_REDIS_URL");
   flags.Add("output-root", "DIR", "sweep folders are created here", "sdfarm-out");
   flags.SetEnv("output-root", "SDFARM_OUTPUT_ROOT");
@@ -97,7 +97,10 @@ int Run(int argc, char** argv) {
   auto redis = sdfarm::ParseRedisUrl(flags.Get("redis-url"));
   if (!redis.ok()) return Fail(std::string(redis.status().message()), 2);
   opt.redis = *redis;
-  opt.worker_redis_url = flags.Has("worker-redis-url") ? flags.Get("worker-redis-url") : flags.Get("redis-url");
+  if (flags.Has("worker-redis-url")) {
+    std::fprintf(stderr, "sdfarm-coordinator: warning: --worker-redis-url (SDFARM_WORKER_REDIS_URL) is ignored: "
+                         "workers no longer reach Redis\n");
+  }
   opt.output_root = flags.Get("output-root");
   auto ct = Token(flags, "client-token");
   if (!ct.ok()) return Fail(std::string(ct.status().message()), 2);

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -26,10 +27,12 @@
 #include "common/job_payload.h"
 #include "common/log_time.h"
 #include "common/status_macros.h"
+#include "coordinator/job_binding.h"
 #include "coordinator/job_queue.h"
 #include "coordinator/sweep_expander.h"
 #include "coordinator/sweep_output.h"
 #include "coordinator/throughput.h"
+#include "coordinator/worker_sessions.h"
 #include "sdfarm.grpc.pb.h"
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
@@ -189,30 +192,30 @@ return id
 )lua";
 
 // KEYS: stream, sweep hash, inflight hash. ARGV: group, worker, stream id,
-// job index. Returns {1, jobs_done} acked, {0, jobs_done} not pending (already
-// finished), {-1, jobs_done} another worker owns it.
-constexpr char kFinishJobScript[] = R"lua(
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+// job index, job id. Returns {1, jobs_done} acked, {0, jobs_done} not pending
+// (already finished), {-1, jobs_done} another worker owns it, {-2,
+// jobs_done} the delivery is not that job (job_binding.h): nothing done.
+const std::string kFinishJobScript = absl::StrCat(kBindingLua, R"lua(
 local jd = tonumber(redis.call('HGET', KEYS[2], 'jobs_done') or '0')
-if p.err or #p == 0 then return {0, jd} end
-if p[1][2] ~= ARGV[2] then return {-1, jd} end
+local code = sdfarm_binding(KEYS[1], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[4])
+if code ~= 1 then return {code, jd} end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
 if redis.call('HDEL', KEYS[3], ARGV[4]) == 1 then
   jd = redis.call('HINCRBY', KEYS[2], 'jobs_done', 1)
 end
 return {1, jd}
-)lua";
+)lua");
 
 // KEYS: stream, sweep hash, inflight hash, failures hash, failed-items hash,
 // dead-letter stream. ARGV: group, worker, stream id, job index, max
 // attempts, idle ms for release, retryable (1/0), error, job id, payload,
-// item index...  Returns {-1, 0} other owner, {0, 0} not pending, {1, n}
+// item index...  Returns {-1, 0} other owner, {0, 0} not pending, {-2, 0}
+// the delivery is not that job (job_binding.h; nothing counted), {1, n}
 // released for attempt n+1, {2, jobs_done} dead-lettered (items failed).
-constexpr char kFailJobScript[] = R"lua(
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if p.err or #p == 0 then return {0, 0} end
-if p[1][2] ~= ARGV[2] then return {-1, 0} end
+const std::string kFailJobScript = absl::StrCat(kBindingLua, R"lua(
+local code, pe = sdfarm_binding(KEYS[1], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[9], ARGV[4])
+if code ~= 1 then return {code, 0} end
 local n = redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
 if ARGV[7] == '1' and n < tonumber(ARGV[5]) then
   redis.call('XCLAIM', KEYS[1], ARGV[1], 'sdfarm-released', 0, ARGV[3], 'IDLE', ARGV[6], 'JUSTID')
@@ -221,14 +224,14 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[6], '*', 'job', ARGV[9], 'payload', ARGV[10], 'stream_id', ARGV[3],
-           'deliveries', p[1][4], 'error', ARGV[8])
+           'deliveries', pe[4], 'error', ARGV[8])
 for i = 11, #ARGV do redis.call('HSET', KEYS[5], ARGV[i], ARGV[8]) end
 local jd = tonumber(redis.call('HGET', KEYS[2], 'jobs_done') or '0')
 if redis.call('HDEL', KEYS[3], ARGV[4]) == 1 then
   jd = redis.call('HINCRBY', KEYS[2], 'jobs_done', 1)
 end
 return {2, jd}
-)lua";
+)lua");
 
 // KEYS: stream, inflight hash, sweep hash. ARGV: group. Removes every job of
 // the sweep from the stream and marks it cancelled. Returns the jobs removed.
@@ -392,6 +395,13 @@ struct Sweep {
 };
 
 struct WorkerRecord {
+  std::string session;  // the registration's secret (sessions_ maps it back)
+  // Deliveries handed to this registration by Claim or listed in its
+  // heartbeats: not redelivered to it as "held from before it registered".
+  std::set<std::string> handed;
+  // Jobs (stream ids) it failed, retryable, and until when it leaves them to
+  // other workers: Claim takes no expired job for it while one of them waits.
+  std::map<std::string, absl::Time> failed_here;
   pb::WorkerInfo info;
   absl::Time last_heartbeat;
   std::vector<pb::HeldJob> jobs;
@@ -412,6 +422,11 @@ constexpr absl::Duration kForgetLostWorker = absl::Minutes(10);
 constexpr int kClipPromptTokens = 75;
 // How often the scheduler checks each unfinished sweep against Redis.
 constexpr absl::Duration kReconcileInterval = absl::Seconds(2);
+// Longest a Claim waits for a job, whatever the worker asks.
+constexpr absl::Duration kMaxClaimWait = absl::Seconds(10);
+// How often a waiting Claim looks at Redis again without being woken (leases
+// expire without any event).
+constexpr absl::Duration kClaimPoll = absl::Seconds(1);
 // Largest spec_json a Submit may carry (100,000 prompts of 300 characters).
 constexpr size_t kMaxSpecBytes = size_t{32} << 20;
 
@@ -467,7 +482,8 @@ class Coordinator::Impl {
 
   // ---- worker calls
   grpc::Status Register(const pb::RegisterRequest& req, pb::RegisterResponse* resp);
-  grpc::Status Heartbeat(const pb::HeartbeatRequest& req, pb::HeartbeatResponse* resp);
+  grpc::Status Claim(grpc::ServerContext* ctx, const pb::ClaimRequest& req, pb::ClaimResponse* resp);
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest& req, pb::HeartbeatResponse* resp);
   grpc::Status ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<pb::JobReport>* reader, pb::ReportAck* ack);
 
  private:
@@ -508,6 +524,26 @@ class Coordinator::Impl {
   // Keeps a lasting warning of a sweep (once; at most kMaxWarnings).
   void Warn(Sweep& s, const std::string& text) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // The worker a call's session belongs to (and its model), or NOT_FOUND
+  // (register again); PERMISSION_DENIED when `claimed_id` (a worker id the
+  // message carries) is set and is not the session's.
+  grpc::Status CallerWorker(const grpc::ServerContext* ctx, const std::string& claimed_id, std::string* worker,
+                            std::string* model) ABSL_LOCKS_EXCLUDED(mu_);
+  // One pass of Claim over Redis: a delivery this worker held before it
+  // registered, an expired one, or a new one.
+  absl::StatusOr<std::optional<QueuedJob>> TryClaim(const std::string& worker, const std::string& model)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Wakes the Claims waiting for jobs of `model`.
+  void JobsArrived(const std::string& model) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    ++model_enqueued_[model];
+    changed_.SignalAll();
+  }
+  DeliveryRef Delivery(const Sweep& s, const std::string& worker, const std::string& stream_id,
+                       const std::string& job_id, int64_t job_index) const {
+    return {StreamKey(s.model), SweepKey(s.id) + ":inflight", worker, stream_id, job_id, job_index};
+  }
+
   void SchedulerLoop();
   absl::Status FillModel(const std::string& model);
   // Brings the cached state of an unfinished sweep back in line with Redis,
@@ -520,7 +556,7 @@ class Coordinator::Impl {
 
   // Handles one reported image; sets *lost / *cancelled when it was discarded.
   absl::Status HandleImage(Sweep& s, const std::string& worker, int64_t job_index, const std::string& stream_id,
-                           const pb::FinishedImage& image, absl::Time job_started, RedisClient* redis, bool* lost,
+                           const std::string& job_id, const pb::FinishedImage& image, absl::Time job_started, RedisClient* redis, bool* lost,
                            bool* cancelled);
 
   CoordinatorOptions opt_;
@@ -531,6 +567,8 @@ class Coordinator::Impl {
   std::map<std::string, std::shared_ptr<Sweep>> sweeps_ ABSL_GUARDED_BY(mu_);  // by id
   std::map<std::string, std::string> names_ ABSL_GUARDED_BY(mu_);               // name -> id
   std::map<std::string, WorkerRecord> workers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> sessions_ ABSL_GUARDED_BY(mu_);        // session -> worker id
+  std::map<std::string, uint64_t> model_enqueued_ ABSL_GUARDED_BY(mu_);    // jobs made claimable, per model
   std::map<std::string, double> model_vtime_ ABSL_GUARDED_BY(mu_);  // virtual time of each model's queue
   std::set<std::string> unloaded_ ABSL_GUARDED_BY(mu_);              // sweep ids to load again
   int watchers_ ABSL_GUARDED_BY(mu_) = 0;
@@ -604,10 +642,14 @@ class Coordinator::Impl {
       SDFARM_AUTH_WORKER();
       return impl_->Register(*req, resp);
     }
+    grpc::Status Claim(grpc::ServerContext* ctx, const pb::ClaimRequest* req, pb::ClaimResponse* resp) override {
+      SDFARM_AUTH_WORKER();
+      return impl_->Claim(ctx, *req, resp);
+    }
     grpc::Status Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest* req,
                            pb::HeartbeatResponse* resp) override {
       SDFARM_AUTH_WORKER();
-      return impl_->Heartbeat(*req, resp);
+      return impl_->Heartbeat(ctx, *req, resp);
     }
     grpc::Status ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<pb::JobReport>* reader,
                            pb::ReportAck* ack) override {
@@ -1209,7 +1251,11 @@ grpc::Status Coordinator::Impl::Workers(pb::WorkersResponse* out) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = absl::Now();
   // Workers that stopped without saying so are listed as lost for a while.
-  std::erase_if(workers_, [&](const auto& kv) { return now - kv.second.last_heartbeat > kForgetLostWorker; });
+  std::erase_if(workers_, [&](const auto& kv) {
+    if (now - kv.second.last_heartbeat <= kForgetLostWorker) return false;
+    sessions_.erase(kv.second.session);
+    return true;
+  });
   for (auto& [id, w] : workers_) {
     pb::WorkerStatus* ws = out->add_workers();
     ws->set_lost(!Live(w, now));
@@ -1272,9 +1318,23 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
   std::string id = req.worker_id();
   if (!id.empty() && !IsSafeFileName(id)) return {grpc::StatusCode::INVALID_ARGUMENT, "bad worker_id '" + id + "'"};
   if (id.empty()) id = absl::StrCat(IsSafeFileName(info.host()) ? info.host() : "worker", "-", RandomHex(3));
+  const std::string session = NewSessionSecret();
   {
     absl::MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
+    // A worker id is its consumer name, and with it the jobs it holds. A
+    // worker registering again (its own restart, or the coordinator's) keeps
+    // its id, but only from a registration that is gone: not while a live
+    // one holds it, unless the caller shows that registration's session.
+    // (A restarted coordinator knows no session: every old id is free.)
+    if (auto held = workers_.find(id); held != workers_.end() && Live(held->second, now) &&
+                                       !ConstantTimeEquals(req.session(), held->second.session)) {
+      return {grpc::StatusCode::ALREADY_EXISTS,
+              absl::StrCat("worker id '", id, "' is held by a live worker (last heartbeat ",
+                           absl::FormatDuration(absl::Trunc(now - held->second.last_heartbeat, absl::Milliseconds(100))),
+                           " ago); give another --worker-id, or wait ", absl::FormatDuration(opt_.heartbeat_timeout),
+                           " after it stopped")};
+    }
     // Workers of one model must hold the same weights, or one sweep's images
     // would come from different models.
     for (auto& [wid, w] : workers_) {
@@ -1287,14 +1347,17 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
       }
     }
     WorkerRecord& w = workers_[id];
+    if (!w.session.empty()) sessions_.erase(w.session);  // the old registration's session ends here
+    w.session = session;
+    sessions_[session] = id;
+    w.handed.clear();
     w.info = info;
     w.last_heartbeat = now;
     w.draining = false;
     wake_scheduler_ = true;
   }
   resp->set_worker_id(id);
-  resp->set_redis_url(opt_.worker_redis_url);
-  resp->set_key_prefix(opt_.key_prefix);
+  resp->set_session(session);
   resp->set_lease_ms(absl::ToInt64Milliseconds(opt_.lease));
   resp->set_max_attempts(opt_.max_attempts);
   Log(absl::StrCat("worker ", id, " registered: ", info.host(), " ", info.device(), " ", info.device_name(),
@@ -1302,18 +1365,157 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
   return grpc::Status::OK;
 }
 
-grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::HeartbeatResponse* resp) {
-  std::vector<std::pair<std::string, std::shared_ptr<Sweep>>> held;
-  std::string model;
+grpc::Status Coordinator::Impl::CallerWorker(const grpc::ServerContext* ctx, const std::string& claimed_id,
+                                             std::string* worker, std::string* model) {
+  const std::string session = CallSession(*ctx);
+  absl::MutexLock lock(&mu_);
+  auto it = session.empty() ? sessions_.end() : sessions_.find(session);
+  if (it == sessions_.end()) {
+    return {grpc::StatusCode::NOT_FOUND,
+            session.empty() ? "no worker session (sdfarm-session metadata); register first"
+                            : "unknown worker session (the coordinator restarted?); register again"};
+  }
+  if (!claimed_id.empty() && claimed_id != it->second) {
+    return {grpc::StatusCode::PERMISSION_DENIED,
+            absl::StrCat("this session belongs to worker ", it->second, ", not ", claimed_id)};
+  }
+  *worker = it->second;
+  auto w = workers_.find(*worker);
+  if (w == workers_.end()) return {grpc::StatusCode::NOT_FOUND, "unknown worker " + *worker + "; register again"};
+  *model = w->second.info.model();
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<std::optional<QueuedJob>> Coordinator::Impl::TryClaim(const std::string& worker,
+                                                                      const std::string& model) {
+  std::set<std::string> handed;
+  std::map<std::string, absl::Time> failed_here;
   {
     absl::MutexLock lock(&mu_);
-    auto it = workers_.find(req.worker_id());
+    auto w = workers_.find(worker);
+    if (w == workers_.end()) return std::nullopt;
+    handed = w->second.handed;
+    failed_here = w->second.failed_here;
+  }
+  // A pooled connection only for the Redis calls, never while waiting.
+  ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
+  JobQueue q(redis.get(), opt_.key_prefix);
+  const std::string stream = StreamKey(model);
+  // 1. What it held before it registered again: its own restart (same
+  //    --worker-id) or the coordinator's. It holds nothing now (it claims).
+  std::set<std::string> pending;
+  bool complete = false;
+  ASSIGN_OR_RETURN(std::optional<QueuedJob> job,
+                   RedeliverOwn(redis.get(), stream, worker, handed, &pending, &complete));
+  if (complete) {
+    // Deliveries no longer pending for it need no remembering (bounded memory).
+    absl::MutexLock lock(&mu_);
+    auto w = workers_.find(worker);
+    if (w != workers_.end()) std::erase_if(w->second.handed, [&](const std::string& id) { return !pending.count(id); });
+  }
+  if (!job) {
+    // 2. Jobs whose worker let the lease expire. A job this worker failed
+    //    goes to another worker first ("retried elsewhere"): it is released
+    //    for reclaiming at once, and this worker, free first, would take it
+    //    straight back. So for one lease after the failure it reclaims
+    //    nothing while that job waits to be reclaimed; after that it takes
+    //    it too (a farm of one worker still retries it).
+    bool leave_reclaims = false;
+    const absl::Time now = absl::Now();
+    std::vector<std::string> settled;
+    for (const auto& [id, until] : failed_here) {
+      if (until <= now) {
+        settled.push_back(id);
+        continue;
+      }
+      ASSIGN_OR_RETURN(RedisReply p, redis->Command({"XPENDING", stream, JobQueue::kGroup, "IDLE",
+                                                     absl::StrCat(absl::ToInt64Milliseconds(opt_.lease)), id, id,
+                                                     "1"}));
+      if (p.array().empty()) {
+        settled.push_back(id);  // taken (or finished) by another worker
+        continue;
+      }
+      leave_reclaims = true;
+    }
+    if (!settled.empty()) {
+      absl::MutexLock lock(&mu_);
+      auto w = workers_.find(worker);
+      if (w != workers_.end()) {
+        for (const std::string& id : settled) w->second.failed_here.erase(id);
+      }
+    }
+    if (!leave_reclaims) {
+      ASSIGN_OR_RETURN(std::vector<QueuedJob> reclaimed, q.ReclaimExpired(model, worker, opt_.lease, 1));
+      if (!reclaimed.empty()) job = std::move(reclaimed.front());
+    }
+  }
+  // 3. A new job (never blocking: the wait is Claim's, without a connection).
+  if (!job) {
+    ASSIGN_OR_RETURN(job, q.Claim(model, worker, absl::ZeroDuration()));
+  }
+  if (job) {
+    absl::MutexLock lock(&mu_);
+    auto w = workers_.find(worker);
+    if (w != workers_.end()) w->second.handed.insert(job->stream_id);
+  }
+  return job;
+}
+
+grpc::Status Coordinator::Impl::Claim(grpc::ServerContext* ctx, const pb::ClaimRequest& req,
+                                      pb::ClaimResponse* resp) {
+  std::string worker, model;
+  if (grpc::Status st = CallerWorker(ctx, "", &worker, &model); !st.ok()) return st;
+  const absl::Duration wait =
+      std::clamp(absl::Milliseconds(req.max_wait_ms()), absl::ZeroDuration(), kMaxClaimWait);
+  const absl::Time deadline = absl::Now() + wait;
+  while (true) {
+    uint64_t seen = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto w = workers_.find(worker);
+      if (w == workers_.end()) return {grpc::StatusCode::NOT_FOUND, "unknown worker " + worker + "; register again"};
+      if (w->second.draining || shutdown_) return grpc::Status::OK;  // nothing for a draining worker
+      seen = model_enqueued_[model];
+    }
+    absl::StatusOr<std::optional<QueuedJob>> job = TryClaim(worker, model);
+    if (!job.ok()) return ToGrpc(job.status());
+    if (job->has_value()) {
+      pb::ClaimedJob* out = resp->mutable_job();
+      out->set_stream_id((*job)->stream_id);
+      out->set_job_id((*job)->job_id);
+      out->set_payload((*job)->payload);
+      out->set_deliveries((*job)->deliveries);
+      return grpc::Status::OK;
+    }
+    absl::MutexLock lock(&mu_);
+    const absl::Time poll = std::min(deadline, absl::Now() + kClaimPoll);
+    while (!shutdown_ && model_enqueued_[model] == seen && !ctx->IsCancelled() && absl::Now() < poll) {
+      changed_.WaitWithDeadline(&mu_, poll);
+    }
+    if (shutdown_ || ctx->IsCancelled() || absl::Now() >= deadline) return grpc::Status::OK;
+  }
+}
+
+grpc::Status Coordinator::Impl::Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest& req,
+                                          pb::HeartbeatResponse* resp) {
+  std::string worker, model;
+  if (grpc::Status st = CallerWorker(ctx, req.worker_id(), &worker, &model); !st.ok()) return st;
+  struct Held {
+    std::shared_ptr<Sweep> sweep;
+    std::string stream_id, job_id;
+    int64_t job_index;
+  };
+  std::vector<Held> held;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = workers_.find(worker);
     if (it == workers_.end()) {
-      return {grpc::StatusCode::NOT_FOUND, "unknown worker " + req.worker_id() + "; register again"};
+      return {grpc::StatusCode::NOT_FOUND, "unknown worker " + worker + "; register again"};
     }
     if (req.exiting()) {
       // Its last call: it holds nothing any more (a job it dropped comes back after its lease).
-      Log(absl::StrCat("worker ", req.worker_id(), " stopped"));
+      Log(absl::StrCat("worker ", worker, " stopped"));
+      sessions_.erase(it->second.session);
       workers_.erase(it);
       wake_scheduler_ = true;
       return grpc::Status::OK;
@@ -1323,7 +1525,6 @@ grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::H
     w.draining = req.draining();
     w.jobs.assign(req.jobs().begin(), req.jobs().end());
     if (req.jobs().empty()) w.current_job.clear();
-    model = w.info.model();
     for (const pb::HeldJob& j : req.jobs()) {
       auto parsed = ParseJobId(j.job_id());
       std::shared_ptr<Sweep> s;
@@ -1333,18 +1534,27 @@ grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::H
       }
       if (!s || s->state == State::kCancelled) {
         resp->add_cancelled_job_stream_ids(j.stream_id());
+      } else if (s->model != model || parsed->second < 0 || parsed->second >= s->jobs) {
+        resp->add_lost_job_stream_ids(j.stream_id());  // not a job this worker can hold
       } else {
-        held.emplace_back(j.stream_id(), s);
+        w.handed.insert(j.stream_id());
+        held.push_back({s, j.stream_id(), j.job_id(), parsed->second});
       }
     }
   }
   if (!held.empty()) {
+    // Renewing the lease is the heartbeat's job: each held delivery, if it is
+    // still this worker's and still that job, gets its idle time reset.
     auto redis = pool_.Acquire();
     if (redis.ok()) {
-      JobQueue q(redis->get(), opt_.key_prefix);
-      for (const auto& [stream_id, s] : held) {
-        auto owner = q.IsOwner(model, req.worker_id(), stream_id);
-        if (owner.ok() && !*owner) resp->add_lost_job_stream_ids(stream_id);
+      for (const Held& h : held) {
+        auto b = RenewBinding(redis->get(), Delivery(*h.sweep, worker, h.stream_id, h.job_id, h.job_index));
+        if (!b.ok()) continue;  // Redis trouble: the lease is long; the next heartbeat tries again
+        if (*b == Binding::kMismatch) {
+          Log(absl::StrCat("worker ", worker, " lists delivery ", h.stream_id, " as job ", h.job_id,
+                           ", which it is not: refused"));
+        }
+        if (*b != Binding::kBound) resp->add_lost_job_stream_ids(h.stream_id);
       }
     }
   }
@@ -1352,7 +1562,8 @@ grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::H
 }
 
 absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker, int64_t job_index,
-                                            const std::string& stream_id, const pb::FinishedImage& image,
+                                            const std::string& stream_id, const std::string& job_id,
+                                            const pb::FinishedImage& image,
                                             absl::Time job_started, RedisClient* redis, bool* lost, bool* cancelled) {
   const JobSlice job = s.expander->JobAt(job_index);
   if (image.item_index() < job.first_item || image.item_index() >= job.first_item + job.count) {
@@ -1380,7 +1591,6 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
                                                    " carries parameters of another image (seed ", params->seed, ")"));
   }
 
-  JobQueue q(redis, opt_.key_prefix);
   absl::MutexLock out_lock(&s.out_mu);
   {
     absl::MutexLock lock(&mu_);
@@ -1391,8 +1601,14 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
   }
   if (!s.output) return absl::FailedPreconditionError("sweep " + s.name + " has no open output");
   if (s.output->IsRecorded(file_name)) return absl::OkStatus();  // a redelivery: already on disk
-  ASSIGN_OR_RETURN(bool owner, q.IsOwner(s.model, worker, stream_id));
-  if (!owner) {
+  // The same binding as the finish and the failure: this worker's delivery,
+  // of this job, the one the sweep has in flight for it.
+  ASSIGN_OR_RETURN(Binding binding, CheckBinding(redis, Delivery(s, worker, stream_id, job_id, job_index)));
+  if (binding == Binding::kMismatch) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("delivery ", stream_id, " is not job ", job_id, "'s; nothing was written"));
+  }
+  if (binding != Binding::kBound) {
     *lost = true;
     return absl::OkStatus();
   }
@@ -1453,23 +1669,44 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
   std::string bad_reason;
   std::optional<RedisPool::Handle> redis;
   const absl::Time stream_started = absl::Now();  // about when the job started rendering
+  // The worker is the session's; a worker id in the messages must be it.
+  std::string model;
+  if (grpc::Status st = CallerWorker(ctx, "", &worker, &model); !st.ok()) return st;
+  auto refused = [&](const std::string& why) {
+    Log(absl::StrCat("report of job ", job_id, " (delivery ", stream_id, ") from ", worker, " refused: ", why));
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, why);
+  };
 
   while (reader->Read(&msg)) {
+    if (!msg.worker_id().empty() && msg.worker_id() != worker) {
+      return refused(absl::StrCat("this session belongs to worker ", worker, ", not ", msg.worker_id()));
+    }
     if (job_index < 0) {
-      worker = msg.worker_id();
       job_id = msg.job_id();
       stream_id = msg.job_stream_id();
       auto parsed = ParseJobId(job_id);
       if (!parsed.ok()) return ToGrpc(parsed.status());
       sweep = Find(parsed->first);
       job_index = parsed->second;
-      if (!sweep || job_index >= sweep->jobs) {
+      if (!sweep || job_index < 0 || job_index >= sweep->jobs) {
         lost = true;  // a sweep this coordinator does not know (deleted): nothing to keep
+      } else if (sweep->model != model) {
+        return refused(absl::StrCat("job ", job_id, " is of model ", sweep->model, "; this worker serves ", model));
       }
       auto h = pool_.Acquire();
       if (!h.ok()) return ToGrpc(h.status());
       redis.emplace(std::move(*h));
-    } else if (msg.job_id() != job_id || msg.job_stream_id() != stream_id || msg.worker_id() != worker) {
+      if (!lost) {
+        // Checked before anything of the report is used: a delivery that is
+        // not this job's is refused whole (nothing written, nothing counted).
+        auto b = CheckBinding(redis->get(), Delivery(*sweep, worker, stream_id, job_id, job_index));
+        if (!b.ok()) return ToGrpc(b.status());
+        if (*b == Binding::kMismatch) {
+          return refused(absl::StrCat("delivery ", stream_id, " is not job ", job_id, "'s"));
+        }
+        if (*b != Binding::kBound) lost = true;
+      }
+    } else if (msg.job_id() != job_id || msg.job_stream_id() != stream_id) {
       return {grpc::StatusCode::INVALID_ARGUMENT, "one ReportJob stream carries one job"};
     }
     if (lost || cancelled || bad || finished) continue;  // drain the rest
@@ -1486,9 +1723,10 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
         break;
       }
       case pb::JobReport::kImage: {
-        absl::Status s = HandleImage(*sweep, worker, job_index, stream_id, msg.image(), stream_started,
+        absl::Status s = HandleImage(*sweep, worker, job_index, stream_id, job_id, msg.image(), stream_started,
                                      redis->get(), &lost, &cancelled);
         if (!s.ok()) {
+          if (s.code() == absl::StatusCode::kPermissionDenied) return refused(std::string(s.message()));
           if (s.code() == absl::StatusCode::kInvalidArgument) {
             bad = true;
             bad_reason = std::string(s.message());
@@ -1520,10 +1758,11 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
         }
         auto r = (*redis)->Command({"EVAL", kFinishJobScript, "3", StreamKey(sweep->model), SweepKey(sweep->id),
                                     SweepKey(sweep->id) + ":inflight", JobQueue::kGroup, worker, stream_id,
-                                    absl::StrCat(job_index)});
+                                    absl::StrCat(job_index), job_id});
         if (!r.ok()) return ToGrpc(r.status());
         const int64_t code = r->array().size() == 2 ? r->array()[0].AsInt().value_or(0) : 0;
         const int64_t jobs_done = r->array().size() == 2 ? r->array()[1].AsInt().value_or(0) : 0;
+        if (code == -2) return refused(absl::StrCat("delivery ", stream_id, " is not job ", job_id, "'s"));
         if (code == -1) lost = true;
         {
           absl::MutexLock lock(&mu_);
@@ -1578,8 +1817,15 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
     if (!r.ok()) return ToGrpc(r.status());
     const int64_t code = r->array().size() == 2 ? r->array()[0].AsInt().value_or(0) : 0;
     const int64_t value = r->array().size() == 2 ? r->array()[1].AsInt().value_or(0) : 0;
+    if (code == -2) return refused(absl::StrCat("delivery ", stream_id, " is not job ", job_id, "'s"));
     if (code == -1) lost = true;
     if (code == 1) {
+      {
+        absl::MutexLock lock(&mu_);
+        auto w = workers_.find(worker);
+        if (w != workers_.end() && retryable) w->second.failed_here[stream_id] = absl::Now() + opt_.lease;
+      }
+      JobsArrived(sweep->model);  // released: claimable by the others now
       Log(absl::StrCat("job ", job_id, " failed on ", worker, " (attempt ", value, " of ", opt_.max_attempts,
                        "): ", bad_reason, "; handed to another worker"));
     } else if (code == 2) {
@@ -1685,6 +1931,8 @@ absl::Status Coordinator::Impl::FillModel(const std::string& model) {
     pick->pass += 1.0 / pick->priority;
     model_vtime_[model] = std::max(model_vtime_[model], pick->pass);
     ++waiting;
+    ++model_enqueued_[model];  // wakes the Claims waiting for this model
+    changed_.SignalAll();
   }
   return absl::OkStatus();
 }
@@ -1732,6 +1980,7 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
                                                    SweepKey(s.id), inflight_key, JobQueue::kGroup, j.str(),
                                                    old_id.str(), payload.job_id(), payload.ToJson(), lease_ms}));
     if (r.is_string()) {
+      JobsArrived(s.model);
       Log(absl::StrCat("job ", payload.job_id(), ": its stream entry ", old_id.str(),
                        " was deleted (stream trimmed?) before the job finished; enqueued it again as ", r.str()));
     }

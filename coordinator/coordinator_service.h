@@ -17,7 +17,10 @@
 // counts) and on disk (images, metadata.jsonl); the process itself holds
 // only caches of it and the workers' liveness, so it can be killed at any
 // point and restarted. Worker registrations are in memory: workers register
-// again when a heartbeat answers NOT_FOUND.
+// again when a heartbeat answers NOT_FOUND. Workers have no Redis access:
+// they claim jobs (Claim) and renew leases (Heartbeat) through the
+// coordinator, each call tied to the worker by its registration's session
+// secret (coordinator/worker_sessions.h, coordinator/job_binding.h).
 //
 // Threads: gRPC's sync-server pool runs the handlers; one scheduler thread
 // (owned here, stopped by Shutdown) refills the job streams. Redis
@@ -39,7 +42,6 @@ namespace sdfarm::coordinator {
 
 struct CoordinatorOptions {
   RedisOptions redis;
-  std::string worker_redis_url;  // handed to workers at registration
   std::string output_root = "sdfarm-out";
   std::string client_token, worker_token;
   bool no_auth = false;          // accept calls without tokens (tests, trusted loopback)

@@ -1,13 +1,16 @@
 // The farm's job queue in Redis: one stream per model with one consumer group;
-// workers are the group's consumers. At-least-once delivery with leases;
+// workers are the group's consumers. Only the coordinator uses it (workers
+// have no Redis access): it claims, renews and acknowledges on the workers'
+// behalf, under their worker ids, with the binding checks of job_binding.h.
+// At-least-once delivery with leases;
 // exactly-once effect comes from the ownership check below plus idempotent
 // result writes (same job_id -> same output, written by rename).
 //
 //   JobQueue q(redis.get());                     // keys under "sdfarm:"
 //   q.Enqueue("sd15", "sweep7/42", payload);      // coordinator
-//   auto job = q.Claim("sd15", "gpu-3", absl::Seconds(5));       // worker: next new job or nullopt
-//   auto lost = q.ReclaimExpired("sd15", "gpu-3", lease, 10);    // worker: jobs of dead workers
-//   q.Renew("sd15", "gpu-3", job->stream_id);    // worker, every lease/3 on long jobs
+//   auto job = q.Claim("sd15", "gpu-3", absl::Seconds(5));       // for gpu-3: next new job or nullopt
+//   auto lost = q.ReclaimExpired("sd15", "gpu-3", lease, 10);    // for gpu-3: jobs of dead workers
+//   q.Renew("sd15", "gpu-3", job->stream_id);    // renewal (tests; the service renews through job_binding.h)
 //   // coordinator, when gpu-3 reports the result:
 //   if (*q.IsOwner("sd15", "gpu-3", id)) { write outputs idempotently; q.Ack("sd15", id); }
 //   // a job whose deliveries exceed the limit (default 3 failures):

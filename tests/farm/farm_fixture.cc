@@ -88,7 +88,6 @@ absl::Status Farm::StartCoordinatorNoWait() {
   o.argv = {SDFARM_COORDINATOR_BIN,
             "--listen", address_,
             "--redis-url", coordinator_redis_url_.empty() ? redis_->url() : coordinator_redis_url_,
-            "--worker-redis-url", redis_->url(),
             "--output-root", output_root_,
             "--lease", absl::StrCat(options_.lease_seconds),
             "--max-attempts", absl::StrCat(options_.max_attempts),

@@ -85,7 +85,7 @@ class Farm {
   absl::Status StopCoordinator();  // SIGTERM
   absl::Status KillCoordinator();  // SIGKILL
   // The Redis URL the coordinator is started with from now on (e.g. through
-  // a TcpProxy); workers are still handed redis()->url(). "": redis()->url().
+  // a TcpProxy). "": redis()->url(). (Workers never get one.)
   void set_coordinator_redis_url(std::string url) { coordinator_redis_url_ = std::move(url); }
   // The coordinator's process (nullptr while stopped).
   Subprocess* coordinator() { return coordinator_.get(); }

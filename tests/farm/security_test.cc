@@ -1,9 +1,11 @@
 // The farm's edges against hostile or careless input, on a real farm: every
 // limit refuses with a clear error and creates nothing, while the farm goes
 // on serving everyone else; watch streams beyond --max-watchers are refused
-// until one ends; Redis with a password works end to end, and a wrong or
-// missing password stops the coordinator and the worker with an error that
-// names the problem without echoing any password.
+// until one ends; Redis with a password works end to end without workers
+// ever seeing it (they have no Redis access: hostile_worker_test.cc), the
+// workers ride out Redis being down for a while, and a wrong or missing
+// password stops the coordinator with an error that names the problem
+// without echoing any password.
 // (Tokens and TLS: farm_test.cc and local_and_tls_test.cc.)
 #include <gtest/gtest.h>
 
@@ -230,37 +232,25 @@ TEST(Security, RedisWithAPasswordWorksEndToEndAndAWrongPasswordIsAClearError) {
   FARM_ASSERT_OK_AND_ASSIGN(pb::SweepStatus st, farm->WaitForState(id, pb::DONE, absl::Minutes(2)));
   EXPECT_EQ(st.done(), 4) << farm->Logs();
 
-  // Redis's password changes under a running farm (and its connections are
-  // dropped): the workers cannot get back in, and each exits with the error
-  // rather than idling with a live heartbeat.
-  {
-    auto admin = RedisClient::Connect(farm->redis()->client_options());
-    ASSERT_TRUE(admin.ok()) << admin.status();
-    ASSERT_TRUE((*admin)->Command({"CONFIG", "SET", "requirepass", "a new password"}).ok());
-    ASSERT_TRUE((*admin)->Command({"CLIENT", "KILL", "TYPE", "normal"}).ok());
-    // A worker that rendered was past start-up: it met the new password
-    // while taking jobs. (One that was still starting meets it connecting.)
-    std::set<std::string> rendered;
-    {
-      std::ifstream in(farm->output_root() + "/secret/metadata.jsonl");
-      for (std::string line; std::getline(in, line);) rendered.insert(json::parse(line)["worker"].get<std::string>());
-    }
-    ASSERT_FALSE(rendered.empty());
-    for (int i = 0; i < farm->num_workers(); ++i) {
-      std::optional<int> code = farm->worker(i)->Wait(absl::Seconds(30));
-      ASSERT_TRUE(code.has_value()) << "worker " << i << " still running:\n" << farm->WorkerLog(i);
-      const std::string log = farm->WorkerLog(i);
-      EXPECT_EQ(*code, 1) << log;
-      EXPECT_NE(log.find("WRONGPASS"), std::string::npos) << log;
-      if (rendered.count(Farm::WorkerId(i))) {
-        EXPECT_NE(log.find("Redis refuses this worker's credentials"), std::string::npos) << log;
-      }
-      EXPECT_EQ(log.find("a new password"), std::string::npos) << "password echoed";
-    }
+  // Workers never get the password (nor any Redis address): they reach only
+  // the coordinator, so Redis going away for a while is the coordinator's
+  // business. Redis is down for 3 s under the running farm: the workers keep
+  // running (their claims fail meanwhile and are retried), and a sweep
+  // submitted after it is back completes on the same worker processes.
+  for (int i = 0; i < farm->num_workers(); ++i) {
+    EXPECT_EQ(farm->WorkerLog(i).find("correct horse"), std::string::npos) << "a worker saw the password";
   }
+  ASSERT_TRUE(farm->redis()->Kill().ok());
+  absl::SleepFor(absl::Seconds(3));
+  ASSERT_TRUE(farm->redis()->Restart().ok());
+  FARM_ASSERT_OK_AND_ASSIGN(std::string after, farm->Submit(SmallSpec("after-outage").dump()));
+  FARM_ASSERT_OK_AND_ASSIGN(st, farm->WaitForState(after, pb::DONE, absl::Minutes(2)));
+  EXPECT_EQ(st.done(), 4) << farm->Logs();
+  EXPECT_EQ(farm->RunningWorkers().size(), 2u) << farm->Logs();
+  EXPECT_EQ(farm->CoordinatorLog().find("correct horse"), std::string::npos) << "password echoed";
 
-  // Without the password, or with a wrong one, a coordinator and a worker
-  // stop at start-up with an authentication error; the password never shows.
+  // Without the password, or with a wrong one, the coordinator stops at
+  // start-up with an authentication error; the password never shows.
   const std::string host_port = absl::StrCat("127.0.0.1:", farm->redis()->port());
   const std::string dir = MakeTempDir("redis-auth");
   ASSERT_FALSE(dir.empty());
@@ -274,16 +264,6 @@ TEST(Security, RedisWithAPasswordWorksEndToEndAndAWrongPasswordIsAClearError) {
     EXPECT_TRUE(c.output.find("NOAUTH") != std::string::npos || c.output.find("WRONGPASS") != std::string::npos)
         << c.output;
     EXPECT_EQ(c.output.find("wrong-password"), std::string::npos) << "password echoed: " << c.output;
-
-    start = absl::Now();
-    RunResult w = RunProgram({SDFARM_WORKER_BIN, "--coordinator", farm->address(), "--redis-url", url, "--model",
-                              SharedPath("models/tiny-sd"), "--engine", "synthetic:2", "--worker-id", "intruder"},
-                             {{"SDFARM_WORKER_TOKEN", farm->worker_token()}}, absl::Minutes(1));
-    EXPECT_NE(w.exit_code, 0) << w.output;
-    EXPECT_LT(absl::Now() - start, absl::Seconds(20)) << "the worker kept trying a wrong password: " << w.output;
-    EXPECT_TRUE(w.output.find("NOAUTH") != std::string::npos || w.output.find("WRONGPASS") != std::string::npos)
-        << w.output;
-    EXPECT_EQ(w.output.find("wrong-password"), std::string::npos) << "password echoed: " << w.output;
   }
   std::error_code ec;
   fs::remove_all(dir, ec);

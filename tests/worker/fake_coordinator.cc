@@ -1,8 +1,13 @@
 #include "tests/worker/fake_coordinator.h"
 
+#include <algorithm>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_util.h"
 #include "common/redis_client.h"
+#include "common/status_macros.h"
 #include "coordinator/job_queue.h"
 
 namespace sdfarm::testing {
@@ -94,37 +99,122 @@ grpc::Status FakeCoordinator::CheckToken(const grpc::ServerContext& ctx) const {
   return grpc::Status::OK;
 }
 
+grpc::Status FakeCoordinator::CheckSession(const grpc::ServerContext& ctx, std::string* worker) const {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(kSessionMetadataKey);
+  const std::string session = it == md.end() ? "" : std::string(it->second.data(), it->second.size());
+  absl::MutexLock lock(&mu_);
+  if (forgotten_ || session.empty() || session != session_) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown session '" + session + "'; register again");
+  }
+  *worker = worker_id_;
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<std::unique_ptr<RedisClient>> FakeCoordinator::Redis() const {
+  ASSIGN_OR_RETURN(RedisOptions options, ParseRedisUrl(config_.redis_url));
+  return RedisClient::Connect(options);
+}
+
+std::string FakeCoordinator::Model() const {
+  absl::MutexLock lock(&mu_);
+  return registrations_.empty() ? config_.model : registrations_.back().info().model();
+}
+
 grpc::Status FakeCoordinator::Register(grpc::ServerContext* ctx, const v1::RegisterRequest* req,
                                        v1::RegisterResponse* resp) {
   if (grpc::Status s = CheckToken(*ctx); !s.ok()) return s;
-  resp->set_worker_id(req->worker_id().empty() ? "assigned-1" : req->worker_id());
-  resp->set_redis_url(config_.redis_url);
-  resp->set_key_prefix(config_.key_prefix);
+  absl::MutexLock lock(&mu_);
+  worker_id_ = req->worker_id().empty() ? "assigned-1" : req->worker_id();
+  session_ = absl::StrCat("fake-session-", registrations_.size() + 1);
+  resp->set_worker_id(worker_id_);
+  resp->set_session(session_);
   resp->set_lease_ms(config_.lease_ms);
   resp->set_max_attempts(config_.max_attempts);
-  absl::MutexLock lock(&mu_);
   registrations_.push_back(*req);
   forgotten_ = false;
   changed_.SignalAll();
   return grpc::Status::OK;
 }
 
+grpc::Status FakeCoordinator::Claim(grpc::ServerContext* ctx, const v1::ClaimRequest* req,
+                                    v1::ClaimResponse* resp) {
+  if (grpc::Status s = CheckToken(*ctx); !s.ok()) return s;
+  std::string worker;
+  if (grpc::Status s = CheckSession(*ctx, &worker); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    ++claims_;
+    changed_.SignalAll();
+  }
+  // As the coordinator: an expired job first, then a new one.
+  auto redis = Redis();
+  if (!redis.ok()) return ToGrpc(redis.status());
+  coordinator::JobQueue queue(redis->get(), config_.key_prefix);
+  const std::string model = Model();
+  std::optional<coordinator::QueuedJob> job;
+  auto reclaimed = queue.ReclaimExpired(model, worker, absl::Milliseconds(config_.lease_ms), 1);
+  if (!reclaimed.ok()) return ToGrpc(reclaimed.status());
+  if (!reclaimed->empty()) {
+    job = reclaimed->front();
+  } else {
+    auto claimed = queue.Claim(model, worker, std::min(absl::Milliseconds(req->max_wait_ms()), absl::Seconds(2)));
+    if (!claimed.ok()) return ToGrpc(claimed.status());
+    job = *claimed;
+  }
+  if (job) {
+    v1::ClaimedJob* out = resp->mutable_job();
+    out->set_stream_id(job->stream_id);
+    out->set_job_id(job->job_id);
+    out->set_payload(job->payload);
+    out->set_deliveries(job->deliveries);
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status FakeCoordinator::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                                         v1::HeartbeatResponse* resp) {
   if (grpc::Status s = CheckToken(*ctx); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
-  heartbeats_.push_back(*req);
-  changed_.SignalAll();
-  if (forgotten_) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown worker " + req->worker_id());
+  {
+    absl::MutexLock lock(&mu_);
+    heartbeats_.push_back(*req);
+    changed_.SignalAll();
+  }
+  std::string worker;
+  if (grpc::Status s = CheckSession(*ctx, &worker); !s.ok()) return s;
+  std::unique_ptr<RedisClient> redis;
   for (const v1::HeldJob& job : req->jobs()) {
-    if (cancelled_.count(job.stream_id()) > 0) resp->add_cancelled_job_stream_ids(job.stream_id());
+    {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_.count(job.stream_id()) > 0) {
+        resp->add_cancelled_job_stream_ids(job.stream_id());
+        continue;
+      }
+    }
+    // As the coordinator: the heartbeat renews the leases it lists.
+    if (!redis) {
+      auto r = Redis();
+      if (!r.ok()) return ToGrpc(r.status());
+      redis = *std::move(r);
+    }
+    absl::Status renewed = coordinator::JobQueue(redis.get(), config_.key_prefix).Renew(Model(), worker, job.stream_id());
+    if (renewed.code() == absl::StatusCode::kNotFound || renewed.code() == absl::StatusCode::kFailedPrecondition) {
+      resp->add_lost_job_stream_ids(job.stream_id());
+    }
   }
   return grpc::Status::OK;
+}
+
+int FakeCoordinator::claims() const {
+  absl::MutexLock lock(&mu_);
+  return claims_;
 }
 
 grpc::Status FakeCoordinator::ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<v1::JobReport>* reader,
                                         v1::ReportAck* ack) {
   if (grpc::Status s = CheckToken(*ctx); !s.ok()) return s;
+  std::string worker;
+  if (grpc::Status s = CheckSession(*ctx, &worker); !s.ok()) return s;
   size_t index;
   bool break_this = false;
   {
@@ -146,18 +236,12 @@ grpc::Status FakeCoordinator::ReportJob(grpc::ServerContext* ctx, grpc::ServerRe
     }
     if (break_this && m.has_image()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "fake coordinator restart");
     if (m.has_done() || m.has_failed()) {
-      // As the coordinator: acknowledge the job only if the reporter owns it.
-      auto redis_options = ParseRedisUrl(config_.redis_url);
-      if (!redis_options.ok()) return ToGrpc(redis_options.status());
-      auto redis = RedisClient::Connect(*redis_options);
+      // As the coordinator: acknowledge the job only if the session's
+      // worker owns it.
+      auto redis = Redis();
       if (!redis.ok()) return ToGrpc(redis.status());
       coordinator::JobQueue queue(redis->get(), config_.key_prefix);
-      std::string model = config_.model;
-      {
-        absl::MutexLock lock(&mu_);
-        if (!registrations_.empty()) model = registrations_.back().info().model();
-      }
-      auto owned = queue.AckIfOwner(model, m.worker_id(), m.job_stream_id());
+      auto owned = queue.AckIfOwner(Model(), worker, m.job_stream_id());
       if (!owned.ok()) return ToGrpc(owned.status());
       ack->set_accepted(*owned);
     }

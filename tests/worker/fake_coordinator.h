@@ -1,8 +1,10 @@
 // A minimal WorkerService for the worker's tests: a real gRPC server on a
-// free loopback port that checks the bearer token, hands out a Redis URL,
-// records every Register, Heartbeat and ReportJob stream, and acknowledges
-// finished jobs in Redis (AckIfOwner) as the real coordinator does. Tests
-// steer it: break report streams, cancel jobs, forget workers.
+// free loopback port that checks the bearer token and the session, hands
+// out jobs from a real Redis (Claim: expired, then new, as the coordinator
+// does), renews leases on heartbeats, records every Register, Heartbeat and
+// ReportJob stream, and acknowledges finished jobs in Redis (AckIfOwner) as
+// the real coordinator does. The worker never sees Redis. Tests steer it:
+// break report streams, cancel jobs, forget workers.
 //
 //   FakeCoordinator::Config c;
 //   c.redis_url = redis->url();
@@ -25,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/redis_client.h"
 #include "sdfarm.grpc.pb.h"
 
 namespace sdfarm::testing {
@@ -33,7 +36,7 @@ class FakeCoordinator final : public sdfarm::v1::WorkerService::Service {
  public:
   struct Config {
     std::string token;  // empty: no auth
-    std::string redis_url;
+    std::string redis_url;  // the fake's own queue (never handed to the worker)
     std::string key_prefix = "sdfarm";
     int64_t lease_ms = 3000;
     int max_attempts = 3;
@@ -64,6 +67,8 @@ class FakeCoordinator final : public sdfarm::v1::WorkerService::Service {
   std::vector<sdfarm::v1::JobReport> FinalReports() const;
   // Step telemetry received so far (all streams).
   int steps_seen() const;
+  // Claim calls that carried the current session.
+  int claims() const;
 
   // The next `n` report streams fail with UNAVAILABLE after their first image.
   void BreakNextStreams(int n);
@@ -75,6 +80,8 @@ class FakeCoordinator final : public sdfarm::v1::WorkerService::Service {
   // WorkerService.
   grpc::Status Register(grpc::ServerContext* ctx, const sdfarm::v1::RegisterRequest* req,
                         sdfarm::v1::RegisterResponse* resp) override;
+  grpc::Status Claim(grpc::ServerContext* ctx, const sdfarm::v1::ClaimRequest* req,
+                     sdfarm::v1::ClaimResponse* resp) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const sdfarm::v1::HeartbeatRequest* req,
                          sdfarm::v1::HeartbeatResponse* resp) override;
   grpc::Status ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<sdfarm::v1::JobReport>* reader,
@@ -83,6 +90,10 @@ class FakeCoordinator final : public sdfarm::v1::WorkerService::Service {
  private:
   explicit FakeCoordinator(Config config) : config_(std::move(config)) {}
   grpc::Status CheckToken(const grpc::ServerContext& ctx) const;
+  // The current registration's worker, or NOT_FOUND (no, old or forgotten session).
+  grpc::Status CheckSession(const grpc::ServerContext& ctx, std::string* worker) const;
+  absl::StatusOr<std::unique_ptr<RedisClient>> Redis() const;
+  std::string Model() const;
 
   const Config config_;
   std::unique_ptr<grpc::Server> server_;
@@ -96,6 +107,8 @@ class FakeCoordinator final : public sdfarm::v1::WorkerService::Service {
   int break_streams_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<std::string> cancelled_ ABSL_GUARDED_BY(mu_);
   bool forgotten_ ABSL_GUARDED_BY(mu_) = false;
+  std::string worker_id_ ABSL_GUARDED_BY(mu_), session_ ABSL_GUARDED_BY(mu_);
+  int claims_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace sdfarm::testing

@@ -471,6 +471,10 @@ TEST_F(FarmWorkerTest, RegistersAgainWithTheSameIdWhenTheCoordinatorForgetsIt) {
   fake_->ForgetWorkers();
   ASSERT_TRUE(fake_->WaitUntil([&] { return fake_->registrations().size() == 2; }));
   EXPECT_EQ(fake_->registrations()[1].worker_id(), "w1");
+  // It shows the session it had (the coordinator may still know it), and
+  // from now on every call carries the new one: the fake refuses the old.
+  EXPECT_TRUE(fake_->registrations()[0].session().empty());
+  EXPECT_EQ(fake_->registrations()[1].session(), "fake-session-1");
   // And keeps working.
   const JobPayload job = Job(14, 1, 2);
   Enqueue(job);

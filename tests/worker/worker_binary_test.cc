@@ -123,7 +123,6 @@ TEST_F(WorkerBinaryTest, BadFlagsExitTwoWithAHint) {
        std::vector<std::vector<std::string>>{{"--batch-size", "0", "--engine", "synthetic:1"},
                                              {"--engine", "warp"},
                                              {"--no-such-flag"},
-                                             {"--engine", "synthetic:1", "--redis-url", "http://x"},
                                              {}}) {  // no --model
     fs::remove(log_);
     auto p = Spawn(args);
@@ -195,6 +194,24 @@ TEST_F(WorkerBinaryTest, SecondSignalExitsZeroAtOnceWithoutReporting) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
   EXPECT_FALSE(Completed(job.job_id()));
   EXPECT_EQ(*queue_->Pending("sd15"), 1);  // redelivered once the lease runs out
+}
+
+TEST_F(WorkerBinaryTest, RedisUrlFlagIsIgnoredWithAWarningAndNeverShown) {
+  // Workers have no Redis access; an old unit file's --redis-url still
+  // starts the worker, which says the flag is ignored (without echoing it)
+  // and takes its jobs from the coordinator.
+  StartFarm();
+  auto p = Spawn({"--engine", "synthetic:1", "--model-name", "sd15", "--worker-id", "bin1", "--redis-url",
+                  "redis://:hunter2@127.0.0.1:1", "--coordinator", fake_->address(), "--token", "worker-secret"});
+  ASSERT_NE(p, nullptr);
+  const JobPayload job = Job(1, 2);
+  ASSERT_TRUE(queue_->Enqueue("sd15", job.job_id(), job.ToJson()).ok());
+  ASSERT_TRUE(fake_->WaitUntil([&] { return Completed(job.job_id()); })) << Log();
+  ASSERT_TRUE(fake_->FinalReports().back().has_done());
+  ASSERT_TRUE(p->Signal(SIGTERM).ok());
+  EXPECT_EQ(p->Wait(absl::Seconds(20)), 0);
+  EXPECT_TRUE(absl::StrContains(Log(), "--redis-url is ignored")) << Log();
+  EXPECT_FALSE(absl::StrContains(Log(), "hunter2")) << Log();
 }
 
 TEST_F(WorkerBinaryTest, TestHookEnvironmentFailsMatchingJobs) {

@@ -28,8 +28,6 @@ namespace sdfarm::worker {
 namespace {
 
 namespace v1 = ::sdfarm::v1;
-using coordinator::JobQueue;
-using coordinator::QueuedJob;
 
 constexpr char kVersion[] = "sdfarm " SDFARM_VERSION;
 
@@ -246,7 +244,9 @@ class FarmWorker::Reporter {
   bool OpenLive() {
     Abandon();
     auto s = std::make_unique<Stream>();
-    PrepareContext(&s->ctx, worker_->options_.token, worker_->options_.stream_timeout);
+    // The session of the registration now in force: a stream reopened after
+    // registering again carries the new one.
+    worker_->PrepareCall(&s->ctx, worker_->options_.stream_timeout);
     if (!job_->Attach(&s->ctx)) return false;
     s->writer = worker_->stub_->ReportJob(&s->ctx, &s->ack);
     live_ = std::move(s);
@@ -395,7 +395,18 @@ bool FarmWorker::SleepUnlessDraining(absl::Duration d) {
 
 // ------------------------------------------------------------ registration --
 
+void FarmWorker::PrepareCall(grpc::ClientContext* ctx, absl::Duration timeout) const {
+  PrepareContext(ctx, options_.token, timeout);
+  std::string session;
+  {
+    absl::MutexLock lock(&mu_);
+    session = registration_.session;
+  }
+  if (!session.empty()) ctx->AddMetadata(kSessionMetadataKey, session);
+}
+
 absl::StatusOr<FarmWorker::Registration> FarmWorker::RegisterOnce(const std::string& worker_id,
+                                                                  const std::string& session,
                                                                   absl::Duration timeout) {
   const engine::ModelInfo& info = renderer_->info();
   v1::RegisterRequest req;
@@ -410,18 +421,19 @@ absl::StatusOr<FarmWorker::Registration> FarmWorker::RegisterOnce(const std::str
   wi->set_batch_size(options_.batch_size);
   wi->set_version(SDFARM_VERSION);
   req.set_worker_id(worker_id);
+  req.set_session(session);
   grpc::ClientContext ctx;
   PrepareContext(&ctx, options_.token, timeout);
   v1::RegisterResponse resp;
   RETURN_IF_ERROR(FromGrpc(stub_->Register(&ctx, req, &resp)));
   Registration reg;
   reg.worker_id = resp.worker_id().empty() ? worker_id : resp.worker_id();
-  reg.redis_url = options_.redis_url.empty() ? resp.redis_url() : options_.redis_url;
-  reg.key_prefix = resp.key_prefix().empty() ? "sdfarm" : resp.key_prefix();
+  reg.session = resp.session();
   reg.lease = resp.lease_ms() > 0 ? absl::Milliseconds(resp.lease_ms()) : absl::Seconds(60);
-  reg.max_attempts = resp.max_attempts() > 0 ? resp.max_attempts() : coordinator::kDefaultMaxFailures;
-  if (reg.redis_url.empty()) {
-    return absl::FailedPreconditionError("the coordinator handed out no Redis URL; give one with --redis-url");
+  reg.max_attempts = resp.max_attempts() > 0 ? resp.max_attempts() : 3;
+  if (reg.session.empty()) {
+    return absl::FailedPreconditionError(
+        "the coordinator handed out no session: it is older than this worker (upgrade the coordinator)");
   }
   absl::MutexLock lock(&mu_);
   ++stats_.registrations;
@@ -437,7 +449,7 @@ absl::Status FarmWorker::RegisterAtStart() {
     // otherwise hold one attempt for the whole RPC timeout).
     const absl::Duration attempt =
         std::max(std::min(deadline - absl::Now(), options_.rpc_timeout), absl::Milliseconds(500));
-    absl::StatusOr<Registration> reg = RegisterOnce(options_.worker_id, attempt);
+    absl::StatusOr<Registration> reg = RegisterOnce(options_.worker_id, "", attempt);
     if (reg.ok()) {
       Log(absl::StrCat("registered as ", reg->worker_id, " for model ", model_, " hash ", renderer_->info().hash,
                        " (lease ", absl::FormatDuration(reg->lease), ", max attempts ", reg->max_attempts,
@@ -454,7 +466,10 @@ absl::Status FarmWorker::RegisterAtStart() {
                                              "or SDFARM_WORKER_TOKEN): ",
                                              reg.status().message()));
     }
-    if (code != absl::StatusCode::kUnavailable && code != absl::StatusCode::kDeadlineExceeded) {
+    // ALREADY_EXISTS: a live registration holds this worker id (this worker,
+    // restarted at once): it lapses after the coordinator's heartbeat timeout.
+    if (code != absl::StatusCode::kUnavailable && code != absl::StatusCode::kDeadlineExceeded &&
+        code != absl::StatusCode::kAlreadyExists) {
       return absl::Status(code, absl::StrCat("the coordinator at ", options_.coordinator,
                                              " refused to register this worker: ", reg.status().message()));
     }
@@ -477,41 +492,6 @@ absl::Status FarmWorker::RegisterAtStart() {
   }
 }
 
-absl::Status FarmWorker::ConnectRedisAtStart() {
-  Registration reg;
-  {
-    absl::MutexLock lock(&mu_);
-    reg = registration_;
-  }
-  absl::StatusOr<RedisOptions> opts = ParseRedisUrl(reg.redis_url);
-  if (!opts.ok()) return absl::InvalidArgumentError(absl::StrCat("Redis URL: ", opts.status().message()));
-  const absl::Time deadline = absl::Now() + options_.connect_timeout;
-  absl::Duration backoff = options_.min_backoff;
-  bool logged_wait = false;
-  while (true) {
-    auto redis = RedisClient::Connect(*opts);
-    if (redis.ok()) {
-      redis_ = *std::move(redis);
-      return absl::OkStatus();
-    }
-    if (IsRedisAuthError(redis.status())) {
-      return absl::Status(redis.status().code(),
-                          absl::StrCat("Redis refused the connection: ", redis.status().message()));
-    }
-    if (absl::Now() + backoff > deadline) {
-      return absl::UnavailableError(absl::StrCat("Redis unreachable for ",
-                                                 absl::FormatDuration(options_.connect_timeout), ": ",
-                                                 redis.status().message()));
-    }
-    if (!logged_wait) {
-      Log(absl::StrCat("waiting for Redis: ", redis.status().message()));
-      logged_wait = true;
-    }
-    if (!SleepUnlessDraining(backoff)) return absl::OkStatus();
-    backoff = std::min(backoff * 2, options_.max_backoff);
-  }
-}
-
 // --------------------------------------------------------------------- run --
 
 absl::Status FarmWorker::Run() {
@@ -524,11 +504,7 @@ absl::Status FarmWorker::Run() {
     Log("stopped before taking any job");
     return absl::OkStatus();
   }
-  StartKeeper();  // heartbeats keep the registration alive while Redis comes up
-  if (absl::Status s = ConnectRedisAtStart(); !s.ok()) {
-    StopKeeper();
-    return s;
-  }
+  StartKeeper();
   absl::Status result = absl::OkStatus();
   if (!draining_.load()) result = ClaimLoop();
   StopKeeper();
@@ -539,70 +515,55 @@ absl::Status FarmWorker::Run() {
   return result;
 }
 
-absl::StatusOr<std::optional<QueuedJob>> FarmWorker::NextJob(JobQueue& queue) {
-  Registration reg;
-  {
-    absl::MutexLock lock(&mu_);
-    reg = registration_;
+absl::StatusOr<std::optional<FarmWorker::ClaimedJob>> FarmWorker::NextJob() {
+  // The coordinator picks: a job this worker held before it registered
+  // again, one whose worker was lost, or a new one (docs/farm.md).
+  v1::ClaimRequest req;
+  req.set_max_wait_ms(absl::ToInt64Milliseconds(options_.claim_wait));
+  v1::ClaimResponse resp;
+  grpc::ClientContext ctx;
+  PrepareCall(&ctx, options_.claim_wait + options_.rpc_timeout);
+  absl::Status s = FromGrpc(stub_->Claim(&ctx, req, &resp));
+  if (!s.ok()) {
+    // The coordinator forgot this worker (it restarted): the keeper registers again.
+    if (s.code() == absl::StatusCode::kNotFound) RequestHeartbeat();
+    return s;
   }
-  // A job this worker failed goes to another worker first ("retried
-  // elsewhere"): the coordinator releases it for reclaiming at once, and this
-  // worker, free first, would take it straight back. So for one lease after
-  // the failure it does not reclaim while that job waits to be reclaimed;
-  // after that it takes it too (a farm of one worker still retries it).
-  bool leave_reclaims = false;
-  const absl::Time now = absl::Now();
-  for (auto it = failed_here_.begin(); it != failed_here_.end();) {
-    if (it->second <= now) {
-      it = failed_here_.erase(it);
-      continue;
-    }
-    auto p = redis_->Command({"XPENDING", queue.StreamKey(model_), JobQueue::kGroup, "IDLE",
-                              absl::StrCat(absl::ToInt64Milliseconds(reg.lease)), it->first, it->first, "1"});
-    if (p.ok() && p->array().empty()) {
-      it = failed_here_.erase(it);  // taken (or finished) by another worker
-      continue;
-    }
-    leave_reclaims = true;
-    ++it;
-  }
-  if (!leave_reclaims) {
-    ASSIGN_OR_RETURN(std::vector<QueuedJob> reclaimed, queue.ReclaimExpired(model_, reg.worker_id, reg.lease, 1));
-    if (!reclaimed.empty()) return std::optional<QueuedJob>(std::move(reclaimed.front()));
-  }
-  return queue.Claim(model_, reg.worker_id, options_.claim_wait);
+  if (!resp.has_job()) return std::nullopt;
+  ClaimedJob job;
+  job.stream_id = resp.job().stream_id();
+  job.job_id = resp.job().job_id();
+  job.payload = resp.job().payload();
+  job.deliveries = resp.job().deliveries();
+  return std::optional<ClaimedJob>(std::move(job));
 }
 
 absl::Status FarmWorker::ClaimLoop() {
-  std::string prefix;
-  {
-    absl::MutexLock lock(&mu_);
-    prefix = registration_.key_prefix;
-  }
-  JobQueue queue(redis_.get(), prefix);
   absl::Duration backoff = options_.min_backoff;
   bool failing = false;
   while (!draining_.load()) {
-    absl::StatusOr<std::optional<QueuedJob>> job;
+    absl::StatusOr<std::optional<ClaimedJob>> job;
     try {
-      job = NextJob(queue);
+      job = NextJob();
     } catch (const std::exception& e) {
       job = absl::InternalError(absl::StrCat("claiming a job: ", e.what()));
     }
     if (!job.ok()) {
-      // Credentials Redis refuses will not start working by retrying (it was
-      // restarted with another password, say): stop with the error, so that
-      // whoever runs the worker sees it, rather than idle forever.
-      if (IsRedisAuthError(job.status())) {
-        return absl::Status(job.status().code(), absl::StrCat("Redis refuses this worker's credentials: ", job.status().message()));
+      // A token the coordinator refuses will not start working by retrying
+      // (it was restarted with another one, say): stop with the error, so
+      // that whoever runs the worker sees it, rather than idle forever.
+      const absl::StatusCode code = job.status().code();
+      if (code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied) {
+        return absl::Status(code, absl::StrCat("the coordinator at ", options_.coordinator,
+                                               " refuses this worker: ", job.status().message()));
       }
-      if (!failing) Log(absl::StrCat("cannot take jobs from Redis (retrying): ", job.status().ToString()));
+      if (!failing) Log(absl::StrCat("cannot take jobs (retrying): ", job.status().ToString()));
       failing = true;
       SleepUnlessDraining(backoff);
       backoff = std::min(backoff * 2, options_.max_backoff);
       continue;
     }
-    if (failing) Log("taking jobs from Redis again");
+    if (failing) Log("taking jobs again");
     failing = false;
     backoff = options_.min_backoff;
     if (!job->has_value()) continue;
@@ -631,7 +592,7 @@ absl::Status FarmWorker::ClaimLoop() {
 
 // ------------------------------------------------------------------- a job --
 
-void FarmWorker::ProcessJob(const QueuedJob& queued) {
+void FarmWorker::ProcessJob(const ClaimedJob& queued) {
   const absl::Time start = absl::Now();
   auto job = std::make_shared<ActiveJob>(queued.stream_id, queued.job_id);
   Registration reg;
@@ -639,7 +600,8 @@ void FarmWorker::ProcessJob(const QueuedJob& queued) {
     absl::MutexLock lock(&mu_);
     reg = registration_;
     active_ = job;
-    keeper_cv_.Signal();  // start renewing its lease
+    heartbeat_now_ = true;  // list it (renewing its lease) at once
+    keeper_cv_.Signal();
   }
   if (aborting_.load()) job->Stop("worker stopping");
 
@@ -675,7 +637,6 @@ void FarmWorker::ProcessJob(const QueuedJob& queued) {
       } else {
         delta.jobs_failed = 1;
         line = absl::StrCat("job ", queued.job_id, ": failure reported");
-        if (final_message->failed().retryable()) failed_here_[queued.stream_id] = absl::Now() + reg.lease;
       }
       break;
     case Reporter::Outcome::kStopped:
@@ -700,7 +661,7 @@ void FarmWorker::ProcessJob(const QueuedJob& queued) {
   }
 }
 
-std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const QueuedJob& queued, const Registration& reg,
+std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const ClaimedJob& queued, const Registration& reg,
                                                            ActiveJob& job, Reporter& reporter, int* images) {
   const absl::Time start = absl::Now();
   auto failed = [&](const std::string& error, bool retryable) {
@@ -871,9 +832,6 @@ void FarmWorker::StopKeeper() {
 }
 
 void FarmWorker::KeeperLoop() {
-  std::unique_ptr<RedisClient> redis;  // the keeper's own connection
-  std::shared_ptr<ActiveJob> renewed;  // the job next_renew is for
-  absl::Time next_renew = absl::InfiniteFuture();
   absl::Time next_heartbeat = absl::Now() + options_.heartbeat_interval;
   while (true) {
     {
@@ -883,7 +841,7 @@ void FarmWorker::KeeperLoop() {
     // Nothing may escape this thread: a failed iteration is logged and the
     // next one tries again.
     try {
-      KeeperIteration(redis, renewed, next_renew, next_heartbeat);
+      KeeperIteration(next_heartbeat);
     } catch (const std::exception& e) {
       Log(absl::StrCat("keeper: ", e.what()));
       absl::SleepFor(absl::Milliseconds(100));
@@ -894,79 +852,28 @@ void FarmWorker::KeeperLoop() {
   }
 }
 
-void FarmWorker::KeeperIteration(std::unique_ptr<RedisClient>& redis, std::shared_ptr<ActiveJob>& renewed,
-                                 absl::Time& next_renew, absl::Time& next_heartbeat) {
+void FarmWorker::KeeperIteration(absl::Time& next_heartbeat) {
   std::shared_ptr<ActiveJob> job;
   Registration reg;
   {
     absl::MutexLock lock(&mu_);
     while (!keeper_stop_) {
-      job = active_;
-      if (job != renewed) {  // a new job: its lease was fresh when claimed
-        renewed = job;
-        next_renew = absl::Now() + registration_.lease / 3;
-      }
       if (heartbeat_now_) {
         heartbeat_now_ = false;
         next_heartbeat = absl::Now();
       }
-      absl::Time wake = next_heartbeat;
-      if (job && !job->stopped.load()) wake = std::min(wake, next_renew);
-      if (absl::Now() >= wake) break;
-      keeper_cv_.WaitWithDeadline(&mu_, wake);
+      if (absl::Now() >= next_heartbeat) break;
+      keeper_cv_.WaitWithDeadline(&mu_, next_heartbeat);
     }
     if (keeper_stop_) return;
+    job = active_;
     reg = registration_;
   }
-  if (job && !job->stopped.load() && absl::Now() >= next_renew) {
-    RenewLease(job, reg, redis);
-    next_renew = absl::Now() + reg.lease / 3;
-  }
-  if (absl::Now() >= next_heartbeat) {
-    SendHeartbeat(job, reg);
-    next_heartbeat = absl::Now() + options_.heartbeat_interval;
-  }
-}
-
-void FarmWorker::RenewLease(const std::shared_ptr<ActiveJob>& job, const Registration& reg,
-                            std::unique_ptr<RedisClient>& redis) {
-  absl::Status s;
-  if (!redis) {
-    absl::StatusOr<RedisOptions> opts = ParseRedisUrl(reg.redis_url);
-    if (!opts.ok()) {
-      s = opts.status();
-    } else {
-      // A renewal must not outlast the lease it is trying to keep.
-      opts->command_timeout = std::min(opts->command_timeout, std::max(reg.lease / 3, absl::Milliseconds(100)));
-      auto client = RedisClient::Connect(*opts);
-      if (client.ok()) {
-        redis = *std::move(client);
-      } else {
-        s = client.status();
-      }
-    }
-  }
-  if (redis) {
-    JobQueue queue(redis.get(), reg.key_prefix);
-    s = queue.Renew(model_, reg.worker_id, job->stream_id);
-  }
-  if (s.ok()) {
-    if (renew_failing_) Log("lease renewal works again");
-    renew_failing_ = false;
-    return;
-  }
-  if (s.code() == absl::StatusCode::kNotFound && job->finishing.load()) {
-    // Most likely acknowledged from this very report (the coordinator acks
-    // before it answers, and the answer may also have been lost with a broken
-    // stream): the report goes on, and its answer says whether it counted.
-    return;
-  }
-  if (s.code() == absl::StatusCode::kNotFound || s.code() == absl::StatusCode::kFailedPrecondition) {
-    job->Stop(absl::StrCat("lost lease: ", s.message()));
-    return;
-  }
-  if (!renew_failing_) Log(absl::StrCat("cannot renew the lease of job ", job->job_id, " (retrying): ", s.ToString()));
-  renew_failing_ = true;
+  SendHeartbeat(job, reg);
+  // The heartbeat renews the lease of the job it lists: at least three
+  // chances per lease, so one lost heartbeat (or a coordinator restart of a
+  // few seconds) costs no job.
+  next_heartbeat = absl::Now() + std::min(options_.heartbeat_interval, std::max(reg.lease / 3, absl::Milliseconds(100)));
 }
 
 void FarmWorker::SayGoodbye() {
@@ -983,7 +890,7 @@ void FarmWorker::SayGoodbye() {
   req.set_exiting(true);
   v1::HeartbeatResponse resp;
   grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.token, std::min(options_.rpc_timeout, absl::Seconds(2)));
+  PrepareCall(&ctx, std::min(options_.rpc_timeout, absl::Seconds(2)));
   (void)stub_->Heartbeat(&ctx, req, &resp);
 }
 
@@ -999,9 +906,8 @@ void FarmWorker::SendHeartbeat(const std::shared_ptr<ActiveJob>& job, const Regi
   req.set_draining(draining_.load());
   v1::HeartbeatResponse resp;
   grpc::ClientContext ctx;
-  // Bounded by the renewal period too: this thread renews the lease as well.
-  PrepareContext(&ctx, options_.token,
-                 std::min({options_.rpc_timeout, absl::Seconds(5), std::max(reg.lease / 3, absl::Milliseconds(500))}));
+  // Bounded by the renewal period too: the heartbeat renews the lease.
+  PrepareCall(&ctx, std::min({options_.rpc_timeout, absl::Seconds(5), std::max(reg.lease / 3, absl::Milliseconds(500))}));
   // Waits (within the deadline) for a connection instead of failing at once
   // while the channel is in TRANSIENT_FAILURE. This also keeps the channel
   // reconnecting: with gRPC 1.51 a channel whose coordinator went away and
@@ -1038,16 +944,14 @@ void FarmWorker::SendHeartbeat(const std::shared_ptr<ActiveJob>& job, const Regi
   if (s.code() == absl::StatusCode::kNotFound) {
     // The coordinator restarted and forgot us: the same id keeps our claims.
     Log(absl::StrCat("the coordinator does not know this worker (", s.message(), "); registering again"));
-    absl::StatusOr<Registration> again = RegisterOnce(reg.worker_id, options_.rpc_timeout);
+    absl::StatusOr<Registration> again = RegisterOnce(reg.worker_id, reg.session, options_.rpc_timeout);
     if (!again.ok()) {
       Log(absl::StrCat("registering again failed (retrying): ", again.status().ToString()));
       return;
     }
-    if (again->redis_url != reg.redis_url || again->key_prefix != reg.key_prefix) {
-      Log("warning: the coordinator now hands out another Redis URL or key prefix; restart this worker to follow it");
-    }
     {
       absl::MutexLock lock(&mu_);
+      registration_.session = again->session;
       registration_.lease = again->lease;
       registration_.max_attempts = again->max_attempts;
     }

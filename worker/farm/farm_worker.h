@@ -1,6 +1,8 @@
-// The farm worker: takes jobs of one model from the Redis queue, renders them
-// and reports every image to the coordinator, following the job lifecycle in
-// docs/farm.md (points 2-8).
+// The farm worker: claims jobs of one model from the coordinator, renders
+// them and reports every image to it, following the job lifecycle in
+// docs/farm.md (points 2-8). It has no Redis access: every call goes to the
+// coordinator with the worker token and the session secret of its
+// registration (`sdfarm-session` metadata).
 //
 //   FarmWorkerOptions o;
 //   o.coordinator = "10.0.0.2:7733";
@@ -10,11 +12,10 @@
 //   absl::Status s = worker.Run();               // until Drain()/Abort(); errors are fatal
 //
 // Threads: Run() is the main thread (claims, renders, reports, one job at a
-// time). A keeper thread, owned by the worker, renews the current job's lease
-// in Redis every lease/3 (with its own connection: RedisClient and JobQueue
-// are single-threaded), sends the heartbeat every 2 s and registers again
-// when the coordinator has forgotten the worker; it stops the current job
-// when its lease is lost or its sweep cancelled. Drain() and Abort() may be
+// time). A keeper thread, owned by the worker, sends the heartbeat every 2 s
+// (at most lease/3), which lists the current job and so renews its lease,
+// and registers again when the coordinator has forgotten the worker; it
+// stops the current job when its lease is lost or its sweep cancelled. Drain() and Abort() may be
 // called from any thread (sdfarm-worker calls them from its signal thread).
 //
 // Reports: one ReportJob stream per job carries telemetry (rate-limited),
@@ -38,10 +39,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "coordinator/job_queue.h"
 #include "sdfarm.grpc.pb.h"
 #include "worker/farm/renderer.h"
 
@@ -51,8 +52,7 @@ struct FarmWorkerOptions {
   std::string coordinator = "127.0.0.1:7733";
   std::string token;    // worker token; empty: none (coordinator started with --no-auth)
   std::string tls_ca;   // PEM bundle; empty: plaintext
-  std::string worker_id;  // the Redis consumer name; must be unique in the farm
-  std::string redis_url;  // overrides the one the coordinator hands out
+  std::string worker_id;  // must be unique in the farm; "" lets the coordinator pick one
   int batch_size = 4;     // items per engine call
   int previews = 0;       // a preview every N steps; 0: none
   // Where the LoRAs and VAEs that jobs name are: <dir>/<name>.safetensors or
@@ -63,8 +63,8 @@ struct FarmWorkerOptions {
   // fails, retryable, without rendering. Empty: off.
   std::string fail_prompt;
 
-  absl::Duration connect_timeout = absl::Seconds(60);  // first Register, first Redis connection
-  absl::Duration claim_wait = absl::Seconds(2);        // one blocking Claim
+  absl::Duration connect_timeout = absl::Seconds(60);  // first Register
+  absl::Duration claim_wait = absl::Seconds(2);        // one Claim's wait for a job (max_wait_ms)
   absl::Duration heartbeat_interval = absl::Seconds(2);
   absl::Duration rpc_timeout = absl::Seconds(10);      // Register, Heartbeat
   absl::Duration stream_timeout = absl::Minutes(10);   // one ReportJob stream, writes included
@@ -96,8 +96,8 @@ class FarmWorker {
   // Registers (retrying UNAVAILABLE up to connect_timeout), then claims and
   // renders jobs until Drain() or Abort(). OK on a clean stop; an error when
   // the worker cannot work at all: the coordinator refused the token
-  // (Unauthenticated / PermissionDenied) or stayed unreachable, Redis stayed
-  // unreachable, a bad TLS CA file. Call once.
+  // (Unauthenticated / PermissionDenied, at start or later) or stayed
+  // unreachable at start, a bad TLS CA file. Call once.
   absl::Status Run();
 
   // Finish the current job, report it, take no new one; Run() then returns.
@@ -114,9 +114,14 @@ class FarmWorker {
  private:
   struct ActiveJob;
   struct Registration {
-    std::string worker_id, redis_url, key_prefix;
+    std::string worker_id, session;
     absl::Duration lease;
-    int max_attempts = coordinator::kDefaultMaxFailures;
+    int max_attempts = 3;
+  };
+  // A job as Claim hands it out.
+  struct ClaimedJob {
+    std::string stream_id, job_id, payload;
+    int64_t deliveries = 0;
   };
   class Reporter;
   struct StepTelemetryState {
@@ -128,20 +133,23 @@ class FarmWorker {
 
   void Log(const std::string& line) const;
 
-  absl::StatusOr<Registration> RegisterOnce(const std::string& worker_id, absl::Duration timeout);
+  // `session`: the registration being replaced, if any.
+  absl::StatusOr<Registration> RegisterOnce(const std::string& worker_id, const std::string& session,
+                                            absl::Duration timeout);
   absl::Status RegisterAtStart();
-  absl::Status ConnectRedisAtStart();
-  // Until draining; an error only for one retrying cannot cure (Redis refusing
-  // the credentials).
+  // The token and the current session on a call, and its deadline.
+  void PrepareCall(grpc::ClientContext* ctx, absl::Duration timeout) const;
+  // Until draining; an error only for one retrying cannot cure (the
+  // coordinator refusing the token).
   absl::Status ClaimLoop();
-  // ReclaimExpired first (jobs of lost workers), then a blocking Claim.
-  absl::StatusOr<std::optional<coordinator::QueuedJob>> NextJob(coordinator::JobQueue& queue);
+  // One Claim call: a job, or nullopt when none came within claim_wait.
+  absl::StatusOr<std::optional<ClaimedJob>> NextJob();
   // Takes a claimed job to its end: rendered and reported, failed and
   // reported, or stopped.
-  void ProcessJob(const coordinator::QueuedJob& queued);
+  void ProcessJob(const ClaimedJob& queued);
   // Renders the job, sending telemetry and images through `reporter`; the
   // report's final message (done or failed), or nullopt when it was stopped.
-  std::optional<sdfarm::v1::JobReport> RenderJob(const coordinator::QueuedJob& queued, const Registration& reg,
+  std::optional<sdfarm::v1::JobReport> RenderJob(const ClaimedJob& queued, const Registration& reg,
                                                  ActiveJob& job, Reporter& reporter, int* images);
   // Step telemetry (rate-limited) and previews, from the render's step callback.
   void OnStep(const engine::StepInfo& s, int num_batches, StepTelemetryState& state, Reporter& reporter);
@@ -151,10 +159,8 @@ class FarmWorker {
   void StartKeeper();
   void StopKeeper();
   void KeeperLoop();
-  void KeeperIteration(std::unique_ptr<RedisClient>& redis, std::shared_ptr<ActiveJob>& renewed,
-                       absl::Time& next_renew, absl::Time& next_heartbeat);
-  void RenewLease(const std::shared_ptr<ActiveJob>& job, const Registration& reg,
-                  std::unique_ptr<RedisClient>& redis);
+  void KeeperIteration(absl::Time& next_heartbeat);
+  // Lists the current job (renewing its lease), answers lost / cancelled.
   void SendHeartbeat(const std::shared_ptr<ActiveJob>& job, const Registration& reg);
   // Tells the coordinator this worker stops (it is then no longer listed).
   void SayGoodbye();
@@ -172,10 +178,6 @@ class FarmWorker {
   const std::string model_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<sdfarm::v1::WorkerService::Stub> stub_;  // thread-safe
-  std::unique_ptr<RedisClient> redis_;                    // the main thread's
-  // Main thread: jobs (stream ids) this worker failed, retryable, and until
-  // when it leaves them to the other workers (see NextJob).
-  std::map<std::string, absl::Time> failed_here_;
 
   std::atomic<bool> draining_{false}, aborting_{false};
   absl::Notification drain_notification_, abort_notification_;
@@ -193,7 +195,6 @@ class FarmWorker {
 
   // Keeper-thread state for logging only on changes.
   bool coordinator_unreachable_ = false;
-  bool renew_failing_ = false;
 };
 
 }  // namespace sdfarm::worker

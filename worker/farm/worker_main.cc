@@ -25,7 +25,6 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/log_time.h"
-#include "common/redis_client.h"
 #include "worker/farm/farm_worker.h"
 #include "worker/farm/renderer.h"
 #include "worker/farm/synthetic_engine.h"
@@ -68,17 +67,17 @@ void DefineFlags(tools::CliFlags& f) {
         "'synthetic:MS' renders no model: every step sleeps MS milliseconds and images are a deterministic "
         "pattern (tests and benchmarks only; default: the real engine)");
   f.Add("worker-id", "ID", "this worker's name in the farm, unique per worker (default: <host>-<pid>)");
-  f.Add("redis-url", "URL", "Redis holding the job queues, overriding the URL the coordinator hands out");
+  f.Add("redis-url", "URL", "ignored (deprecated): workers no longer reach Redis; jobs come from the coordinator");
   f.Add("previews", "N", "send a small preview image every N denoising steps (0: none)", "0");
-  f.Add("connect-timeout", "SECONDS", "how long to wait for the coordinator (and Redis) at startup", "60");
+  f.Add("connect-timeout", "SECONDS", "how long to wait for the coordinator at startup", "60");
   f.SetEpilog(
       "Examples:\n"
       "  sdfarm-worker --coordinator 10.0.0.2:7733 --token \"$TOKEN\" --model models/sd15 --device cuda\n"
       "  SDFARM_WORKER_TOKEN=... sdfarm-worker --model /data/sd15 --model-name sd15 --batch-size 8\n"
       "  sdfarm-worker --engine synthetic:20 --model-name sd15 --coordinator 127.0.0.1:7733 --token T\n"
       "\n"
-      "The worker loads its model, registers with the coordinator, then renders jobs of that model from\n"
-      "Redis until stopped. SIGTERM or SIGINT: finish (and report) the current job, take no new one, exit 0;\n"
+      "The worker loads its model, registers with the coordinator, then renders jobs of that model it\n"
+      "claims from the coordinator until stopped (it needs no Redis access). SIGTERM or SIGINT: finish (and report) the current job, take no new one, exit 0;\n"
       "a second signal exits at once (the job is redelivered after its lease).\n"
       "Exit codes: 0 stopped cleanly, 1 fatal error (model, auth, coordinator unreachable), 2 bad flags.\n"
       "Test hook: SDFARM_TEST_FAIL_PROMPT=TEXT fails every job with a prompt containing TEXT (retryable).\n");
@@ -183,8 +182,8 @@ class SignalThread {
 
 int Main(int argc, char** argv) {
   tools::CliFlags flags(kProgram,
-                        "The farm's render worker: renders jobs of one model from the farm's Redis queue and "
-                        "reports the images to the coordinator.");
+                        "The farm's render worker: renders jobs of one model that it claims from the coordinator "
+                        "and reports the images to it.");
   DefineFlags(flags);
   if (auto s = flags.Parse(argc, argv); !s.ok()) return UsageError(s.message());
   if (flags.help_requested()) {
@@ -200,7 +199,6 @@ int Main(int argc, char** argv) {
   if (options.worker_id.empty() || options.worker_id.find_first_of(" \t\r\n") != std::string::npos) {
     return UsageError("--worker-id must be a non-empty name without spaces");
   }
-  options.redis_url = flags.Get("redis-url");
   options.lora_dir = flags.Get("lora-dir");
   options.vae_dir = flags.Get("vae-dir");
   for (const char* dir : {"lora-dir", "vae-dir"}) {
@@ -208,10 +206,11 @@ int Main(int argc, char** argv) {
       return UsageError(absl::StrCat("--", dir, " ", flags.Get(dir), " is not a folder"));
     }
   }
-  if (!options.redis_url.empty()) {
-    if (auto r = ParseRedisUrl(options.redis_url); !r.ok()) {
-      return UsageError(absl::StrCat("--redis-url: ", r.status().message()));
-    }
+  if (flags.Has("redis-url")) {
+    // Accepted so that an old unit file still starts the worker; never used
+    // (and never printed: it may hold a password).
+    std::fprintf(stderr, "%s: warning: --redis-url is ignored: workers no longer reach Redis, the coordinator "
+                         "hands out their jobs\n", kProgram);
   }
   auto batch = flags.GetInt("batch-size", 1, 1024);
   auto previews = flags.GetInt("previews", 0, 1000);
