@@ -82,21 +82,34 @@ absl::StatusOr<std::unique_ptr<LeaderLease>> LeaderLease::Acquire(LeaderLeaseOpt
   ASSIGN_OR_RETURN(lease->client_, RedisClient::Connect(ro));
   const std::string ttl_ms = absl::StrCat(absl::ToInt64Milliseconds(o.ttl));
   const auto deadline = SteadyClock::now() + absl::ToChronoNanoseconds(o.ttl + o.start_margin);
+  // A broken connection is retried for a while (the SET may have run and
+  // its reply been lost: the key then holds our own value).
+  const auto give_up = deadline + std::chrono::seconds(30);
+  auto transient = [&](const absl::Status& s) {
+    return (s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded) &&
+           SteadyClock::now() < give_up;
+  };
   std::string waited_for;
   while (true) {
-    ASSIGN_OR_RETURN(RedisReply set, lease->client_->Command({"SET", o.key, lease->value_, "NX", "PX", ttl_ms}));
-    if (!set.is_nil()) break;  // OK: ours
-    ASSIGN_OR_RETURN(RedisReply holder, lease->client_->Command({"GET", o.key}));
-    if (holder.is_nil()) continue;  // it ended just now
+    auto set = lease->client_->Command({"SET", o.key, lease->value_, "NX", "PX", ttl_ms});
+    auto holder = set.ok() && set->is_nil() ? lease->client_->Command({"GET", o.key}) : set;
+    if (!holder.ok()) {
+      if (!transient(holder.status())) return holder.status();
+      absl::SleepFor(absl::Milliseconds(200));
+      continue;
+    }
+    if (!set->is_nil()) break;  // OK: ours
+    if (holder->is_nil()) continue;  // it ended just now
+    if (holder->str() == lease->value_) break;  // our SET ran; its reply was lost
     if (waited_for.empty()) {
-      waited_for = holder.str();
+      waited_for = holder->str();
       lease->Log(absl::StrCat("another coordinator holds the leader lease ", o.key, " in Redis (", waited_for,
                               "): waiting up to ", Seconds(o.ttl + o.start_margin),
                               " for it to end (a coordinator that was killed holds it until its lease runs out)"));
     }
     if (SteadyClock::now() >= deadline) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "another coordinator is running with this Redis and key prefix: ", holder.str(), " holds the leader lease ",
+          "another coordinator is running with this Redis and key prefix: ", holder->str(), " holds the leader lease ",
           o.key, " and keeps renewing it (waited ", Seconds(o.ttl + o.start_margin),
           "). One coordinator per farm: stop it first, or give this one another Redis or --key-prefix"));
     }
