@@ -276,13 +276,19 @@ int WatchToEnd(Connection* conn, const std::string& sweep, bool json, absl::Dura
               << (final_status->failed() == 1 ? "" : "s") << " (sdfarm status " << name << ")\n";
   } else if (code == kExitSweepCancelled) {
     std::cerr << "sdfarm: sweep " << name << " was cancelled\n";
+  } else if (code == kExitSweepStateLost) {
+    std::cerr << "sdfarm: Redis lost the state of sweep " << name
+              << " and the coordinator could not rebuild it (sdfarm status " << name
+              << " says why); fix that, then: sdfarm adopt " << name << "\n";
   }
   return code;
 }
 
 constexpr char kWatchExitCodes[] =
     "Exit codes: 0 when the sweep is DONE with every image, 3 when it is DONE with failed images,\n"
-    "4 when it was CANCELLED, 1 on errors (unknown sweep, coordinator gone longer than\n"
+    "4 when it was CANCELLED, 5 when Redis lost the sweep's state and the coordinator could not\n"
+    "rebuild it from its folder (sdfarm adopt NAME after fixing the cause; a loss it repaired by\n"
+    "itself only adds a warning), 1 on errors (unknown sweep, coordinator gone longer than\n"
     "--reconnect-timeout), 2 on bad flags.\n";
 
 // ---- commands ----
@@ -479,7 +485,10 @@ int RunStatus(const std::vector<std::string>& args) {
   flags.AllowPositional("SWEEP", "the sweep's id or name");
   flags.AddBool("json", "print the status as one JSON object");
   AddGlobalFlags(&flags);
-  flags.SetEpilog("Examples:\n  sdfarm status fox-study\n  sdfarm status --json s1a2b3c4\n");
+  flags.SetEpilog(
+      "Examples:\n  sdfarm status fox-study\n  sdfarm status --json s1a2b3c4\n\n"
+      "Exit codes: 0, or 5 when Redis lost the sweep's state and the coordinator could not rebuild it\n"
+      "(sdfarm adopt NAME after fixing the cause); 1 on errors.\n");
   if (int code = ParseFlags(&flags, args); code >= 0) return code;
   std::string sweep;
   int code = 0;
@@ -492,6 +501,12 @@ int RunStatus(const std::vector<std::string>& args) {
     std::cout << DumpJson(StatusJson(*status)) << "\n";
   } else {
     PrintStatus(*status);
+  }
+  if (status->state_lost()) {
+    std::cerr << "sdfarm: Redis lost the state of sweep " << status->name()
+              << " and the coordinator could not rebuild it (see the warnings); fix that, then: sdfarm adopt "
+              << status->name() << "\n";
+    return kExitSweepStateLost;
   }
   return kExitOk;
 }
@@ -602,6 +617,63 @@ int RunRemove(const std::vector<std::string>& args) {
 
 
 
+int RunAdopt(const std::vector<std::string>& args) {
+  tools::CliFlags flags("sdfarm adopt",
+                        "Rebuilds a sweep from its output folder on the coordinator (sweep.json, metadata.jsonl) when "
+                        "Redis lost its state: the images on disk are kept and only the missing ones are rendered.");
+  flags.AllowPositional("NAME", "the sweep's name (its folder under the coordinator's output root)");
+  flags.AddBool("watch", "then follow the sweep's progress until it ends (exit codes as for 'sdfarm watch')");
+  flags.AddBool("json", "print the answer as JSON");
+  flags.Add("reconnect-timeout", "SECONDS", "with --watch: give up after the coordinator is unreachable this long",
+            "300");
+  AddGlobalFlags(&flags);
+  flags.SetEpilog(absl::StrCat(
+      "The coordinator adopts such folders by itself (a sweep whose state vanishes while it runs,\n"
+      "a folder without state at start-up, the same spec submitted again); adopt is for the rest,\n"
+      "e.g. a folder kept by 'sdfarm rm --keep-files' or one whose automatic repair failed\n"
+      "('sdfarm status' exits 5 then). A sweep whose state is intact is left as it is.\n\n"
+      "Examples:\n"
+      "  sdfarm adopt fox-study\n"
+      "  sdfarm adopt fox-study --watch\n\n",
+      kWatchExitCodes));
+  if (int code = ParseFlags(&flags, args); code >= 0) return code;
+  std::string name;
+  int code = 0;
+  if (!OnePositional(flags, "adopt", "NAME", &name, &code)) return code;
+  absl::StatusOr<absl::Duration> reconnect = SecondsFlag(flags, "reconnect-timeout", 86400 * 7);
+  if (!reconnect.ok()) return UsageError("adopt", reconnect.status().message());
+  std::unique_ptr<Connection> conn = Connect(flags, &code);
+  if (!conn) return code;
+  v1::AdoptRequest request;
+  request.set_name(name);
+  v1::AdoptResponse response;
+  absl::Status s = conn->Unary(
+      [&](v1::ClientService::Stub* stub, grpc::ClientContext* ctx) { return stub->Adopt(ctx, request, &response); });
+  if (!s.ok()) return PrintError(s.message());
+  if (flags.GetBool("json")) {
+    std::cout << DumpJson({{"sweep_id", response.sweep_id()},
+                           {"name", response.name()},
+                           {"adopted", response.adopted()},
+                           {"images_on_disk", response.images_on_disk()},
+                           {"images_missing", response.images_missing()},
+                           {"output_dir", response.output_dir()}})
+              << "\n"
+              << std::flush;
+  } else if (response.adopted()) {
+    std::cout << "adopted sweep " << response.sweep_id() << " (" << response.name() << ") from "
+              << response.output_dir() << ": " << response.images_on_disk() << " images on disk kept, "
+              << response.images_missing() << " to render\n"
+              << std::flush;
+  } else {
+    std::cout << "sweep " << response.sweep_id() << " (" << response.name()
+              << ") has its state in Redis: nothing to adopt (" << response.images_on_disk() << " images on disk, "
+              << response.images_missing() << " to go)\n"
+              << std::flush;
+  }
+  if (!flags.GetBool("watch")) return kExitOk;
+  return WatchToEnd(conn.get(), response.sweep_id(), flags.GetBool("json"), *reconnect);
+}
+
 int RunWorkers(const std::vector<std::string>& args) {
   tools::CliFlags flags("sdfarm workers", "Lists the workers the coordinator knows, one per line.");
   flags.AddBool("json", "print a JSON array");
@@ -622,6 +694,7 @@ int RunWorkers(const std::vector<std::string>& args) {
     return stub->Workers(ctx, v1::WorkersRequest(), &response);
   });
   if (!s.ok()) return PrintError(s.message());
+  for (const std::string& w : response.warnings()) std::cerr << "sdfarm: warning: " << w << "\n";
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   if (flags.GetBool("json")) {
     Json all = Json::array();
@@ -802,6 +875,7 @@ constexpr char kTopUsage[] =
     "  pause     stop handing out a sweep's jobs\n"
     "  resume    resume a paused sweep\n"
     "  rm        remove a sweep: cancel it, forget it, delete its folder (--keep-files keeps it)\n"
+    "  adopt     rebuild a sweep from its folder after Redis lost its state; renders only what is missing\n"
     "  workers   list the workers with their rates and current jobs\n"
     "  get       download a sweep's images and metadata.jsonl\n"
     "  grid      make contact sheets (e.g. seed by guidance) from a sweep folder\n"
@@ -815,7 +889,8 @@ constexpr char kTopUsage[] =
     "  --timeout SECONDS         per call, retries while unavailable included (default 30)\n"
     "\n"
     "Exit codes: 0 success; 1 failure; 2 usage error; 3 the sweep finished with failed images;\n"
-    "4 the sweep was cancelled; 130 interrupted (local).\n"
+    "4 the sweep was cancelled; 5 Redis lost the sweep's state and it is not rebuilt (sdfarm adopt);\n"
+    "130 interrupted (local).\n"
     "\n"
     "Examples:\n"
     "  sdfarm local --workers 2 --model models/sd15 --prompt \"a red fox\" --seeds 0-3 --guidance 3,7.5 --grid\n"
@@ -1254,7 +1329,8 @@ absl::StatusOr<v1::SweepStatus> SweepWatcher::Run(const std::function<void(const
         outage_noted = false;
       }
       on_event(event);
-      if (event.status().state() == v1::DONE || event.status().state() == v1::CANCELLED) {
+      if (event.status().state() == v1::DONE || event.status().state() == v1::CANCELLED ||
+          event.status().state_lost()) {
         final_status = event.status();
         ctx.TryCancel();
         while (reader->Read(&event)) {
@@ -1312,6 +1388,7 @@ void SweepWatcher::Cancel() {
 }
 
 int ExitCodeForSweep(const v1::SweepStatus& status) {
+  if (status.state_lost()) return kExitSweepStateLost;
   if (status.state() == v1::CANCELLED) return kExitSweepCancelled;
   if (status.failed() > 0) return kExitSweepFailed;
   return kExitOk;
@@ -1387,6 +1464,7 @@ int RunCli(int argc, char** argv) {
     if (command == "cancel" || command == "pause" || command == "resume") return RunSweepAction(command, command_args);
     if (command == "workers") return RunWorkers(command_args);
     if (command == "rm") return RunRemove(command_args);
+    if (command == "adopt") return RunAdopt(command_args);
     if (command == "get") return RunGet(command_args);
     if (command == "grid") return RunGrid(command_args);
     if (command == "local") return RunLocal(command_args);
@@ -1394,7 +1472,7 @@ int RunCli(int argc, char** argv) {
     return PrintError(absl::StrCat("internal error: ", e.what()));
   }
   std::cerr << "sdfarm: error: unknown command " << Quote(command)
-            << " (commands: local submit watch status ls cancel pause resume rm workers get grid; see 'sdfarm --help')\n";
+            << " (commands: local submit watch status ls cancel pause resume rm adopt workers get grid; see 'sdfarm --help')\n";
   return kExitUsage;
 }
 

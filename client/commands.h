@@ -39,6 +39,9 @@ inline constexpr int kExitFailure = 1;         // an error (unreachable coordina
 inline constexpr int kExitUsage = 2;           // bad flags or arguments; nothing was done
 inline constexpr int kExitSweepFailed = 3;     // the sweep finished, some images failed
 inline constexpr int kExitSweepCancelled = 4;  // the sweep was cancelled
+// Redis lost the sweep's state and the coordinator could not rebuild it
+// (SweepStatus.state_lost): `sdfarm adopt NAME` once the cause is fixed.
+inline constexpr int kExitSweepStateLost = 5;
 inline constexpr int kExitInterrupted = 130;   // Ctrl-C (local mode)
 
 // The whole command line: argv[1] onwards is `[global flags] <command> [flags] [args]`.
@@ -174,8 +177,9 @@ struct WatchOptions {
   absl::Duration max_backoff = absl::Seconds(2);
 };
 
-// Follows one sweep's Watch stream until it is DONE or CANCELLED,
-// reconnecting on UNAVAILABLE and broken streams.
+// Follows one sweep's Watch stream until it is DONE or CANCELLED (or its
+// state is lost for good: state_lost), reconnecting on UNAVAILABLE and
+// broken streams.
 class SweepWatcher {
  public:
   SweepWatcher(Connection* connection, std::string sweep, WatchOptions options)
@@ -198,7 +202,7 @@ class SweepWatcher {
   grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
-// The exit code for a sweep's final status: 0, kExitSweepFailed or kExitSweepCancelled.
+// The exit code for a sweep's final status: 0, kExitSweepFailed, kExitSweepCancelled or kExitSweepStateLost.
 int ExitCodeForSweep(const v1::SweepStatus& status);
 
 // The sweep flags' names ("file", "name", "prompt", "seeds", ...; not "model").

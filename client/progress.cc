@@ -202,7 +202,9 @@ nlohmann::json StatusJson(const v1::SweepStatus& s) {
           {"rendering_images", s.rendering_images()},
           {"active", std::move(active)},
           {"live_workers", s.live_workers()},
-          {"warnings", std::move(warnings)}};
+          {"warnings", std::move(warnings)},
+          {"state_lost", s.state_lost()},
+          {"recoveries", s.recoveries()}};
 }
 
 nlohmann::json EventJson(const v1::WatchEvent& event) {

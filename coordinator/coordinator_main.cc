@@ -81,12 +81,22 @@ int Run(int argc, char** argv) {
   flags.Add("max-images", "N", "largest sweep accepted", "10000000");
   flags.Add("max-watchers", "N", "concurrent `sdfarm watch` streams accepted", "1000");
   flags.Add("key-prefix", "PREFIX", "prefix of every Redis key", "sdfarm");
+  flags.Add("leader-lease", "SECONDS",
+            "one coordinator per farm: the lease this coordinator holds in Redis (<prefix>:leader), renewed every "
+            "third of it; a coordinator started while another holds it waits this long (plus 2 s) for it to end "
+            "(a killed coordinator's lease runs out), then refuses to start",
+            "10");
+  flags.SetEnv("leader-lease", "SDFARM_LEADER_LEASE_SECONDS");
   flags.SetEpilog(
       "Examples:\n"
       "  SDFARM_CLIENT_TOKEN=$(cat client.token) SDFARM_WORKER_TOKEN=$(cat worker.token) \\\n"
       "    sdfarm-coordinator --listen 0.0.0.0:7733 --redis-url redis://:secret@redis:6379 \\\n"
       "      --output-root /data/sweeps --tls-cert server.pem --tls-key server.key\n"
-      "  sdfarm-coordinator --no-auth --listen 127.0.0.1:0 --port-file /tmp/port   # local testing\n");
+      "  sdfarm-coordinator --no-auth --listen 127.0.0.1:0 --port-file /tmp/port   # local testing\n\n"
+      "One coordinator per farm: it refuses to start when another holds the output root (a lock file\n"
+      "there), the port, or the leader lease in Redis (same Redis and --key-prefix). Exit status 1 on\n"
+      "errors at start, 2 on bad flags, 3 when another coordinator takes over the lease while this one\n"
+      "runs (it stops writing at once).\n");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return Fail(s.message() + "\n" + flags.Usage(), 2);
   if (flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
@@ -117,12 +127,14 @@ int Run(int argc, char** argv) {
   auto max_images = flags.GetInt("max-images", 1, INT64_MAX);
   auto max_watchers = flags.GetInt("max-watchers", 1, 1000000);
   auto heartbeat_timeout = flags.GetDouble("heartbeat-timeout", 3, 3600);
-  for (const auto* s : {&heartbeat_timeout.status(), &lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status(),
+  auto leader_lease = flags.GetDouble("leader-lease", 1, 3600);
+  for (const auto* s : {&leader_lease.status(), &heartbeat_timeout.status(), &lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status(),
                         &max_watchers.status()}) {
     if (!s->ok()) return Fail(s->message(), 2);
   }
   opt.lease = absl::Seconds(*lease);
   opt.heartbeat_timeout = absl::Seconds(*heartbeat_timeout);
+  opt.leader_lease = absl::Seconds(*leader_lease);
   opt.max_attempts = static_cast<int>(*attempts);
   opt.job_size = static_cast<int>(*job_size);
   opt.window = static_cast<int>(*window);
@@ -155,12 +167,18 @@ int Run(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(flags.Get("listen"), creds, &port);
+  // gRPC sets SO_REUSEPORT by default: a second coordinator would then share
+  // the port (and the workers) silently. Without it, its bind fails.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService((*coordinator)->client_service());
   builder.RegisterService((*coordinator)->worker_service());
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.SetMaxSendMessageSize(64 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) return Fail("cannot serve on " + flags.Get("listen") + " (address in use or invalid)");
+  if (!server || port == 0) {
+    return Fail("cannot serve on " + flags.Get("listen") +
+                " (address in use, e.g. by another coordinator, or invalid)");
+  }
   std::fprintf(stderr, "%s sdfarm-coordinator: serving on port %d%s (%s), output root %s, Redis %s:%d\n", sdfarm::LogTimestamp().c_str(), port,
                flags.Has("tls-cert") ? " with TLS" : "", opt.no_auth ? "no auth" : "bearer tokens",
                opt.output_root.c_str(), opt.redis.host.c_str(), opt.redis.port);

@@ -29,6 +29,9 @@
 #include "common/status_macros.h"
 #include "coordinator/job_binding.h"
 #include "coordinator/job_queue.h"
+#include "coordinator/leader_lease.h"
+#include "coordinator/output_root_lock.h"
+#include "coordinator/sweep_adopt.h"
 #include "coordinator/sweep_expander.h"
 #include "coordinator/sweep_output.h"
 #include "coordinator/throughput.h"
@@ -328,6 +331,21 @@ redis.call('HSET', KEYS[3], ARGV[2], id)
 return id
 )lua";
 
+// KEYS: sweep hash. ARGV: done, finished ms. Marks the sweep done; 0 (and
+// nothing written) when its state is gone from Redis (see sweep_adopt.h).
+constexpr char kMarkDoneScript[] = R"lua(
+if redis.call('HEXISTS', KEYS[1], 'spec') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'done', ARGV[1], 'finished_ms', ARGV[2])
+return 1
+)lua";
+
+// KEYS: sweep hash. Resumes the sweep; 0 when its state is gone from Redis.
+constexpr char kResumeScript[] = R"lua(
+if redis.call('HEXISTS', KEYS[1], 'spec') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'running')
+return 1
+)lua";
+
 // ------------------------------------------------------------------ state --
 
 enum class State { kRunning, kPaused, kDone, kCancelled };
@@ -389,6 +407,10 @@ struct Sweep {
   double pass = 0;  // stride scheduling: advances by 1/priority per job enqueued
   std::map<std::string, Throughput> worker_rates;  // worker id -> its images of this sweep
   std::set<std::string> warnings;                  // lasting notes (prompts cut at 77 tokens)
+  // Redis lost or rolled back this sweep's state (sweep_adopt.h): repairs
+  // done, and whether the last repair failed (nothing is scheduled then).
+  int recoveries = 0;
+  bool state_lost = false;
   uint64_t version = 1;  // bumped on every change a watcher should see
   uint64_t seq = 0;      // numbering of recent_files / recent_failures
   std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures, recent_warnings;
@@ -478,6 +500,11 @@ class Coordinator::Impl {
   grpc::Status SetPaused(const std::string& ref, bool paused, pb::SweepStatus* out);
   grpc::Status Workers(pb::WorkersResponse* out);
   grpc::Status Remove(const pb::RemoveRequest& req, pb::RemoveResponse* out);
+  grpc::Status Adopt(const pb::AdoptRequest& req, pb::AdoptResponse* out);
+  // Submit of a spec equal to that of a sweep whose Redis state is gone
+  // (cached, or only its folder): adopts it and answers its id. NOT_FOUND
+  // when the spec is not such a sweep's (Submit goes on as usual).
+  grpc::Status AdoptResubmitted(const SweepSpec& spec, pb::SubmitResponse* resp);
   grpc::Status Get(grpc::ServerContext* ctx, const std::string& ref, grpc::ServerWriter<pb::FileChunk>* writer);
 
   // ---- worker calls
@@ -492,10 +519,36 @@ class Coordinator::Impl {
   std::string StreamKey(const std::string& model) const { return Key("jobs:" + model); }
   std::string DeadKey(const std::string& model) const { return Key("dead:" + model); }
 
+  absl::Status AcquireLeaderLease();
   absl::Status StartWithRedis();
+  // Every state-changing script runs through the leader lease (leader_lease.h).
+  absl::StatusOr<RedisReply> Eval(RedisClient* redis, std::vector<std::string> argv) {
+    return lease_->Eval(redis, std::move(argv));
+  }
   absl::Status LoadSweeps();
   // Loads the sweeps LoadSweeps could not for a transient reason.
   void LoadMissingSweeps();
+
+  // ---- Redis losing state (sweep_adopt.h; docs/farm.md "When Redis loses state")
+  std::vector<std::string> AdoptArgv(const std::string& id, const std::string& name, const std::string& model,
+                                     const std::string& spec_json,
+                                     const std::string& state, int job_size, const SweepExpander& expander,
+                                     int64_t created_ms, const std::string& request_id);
+  // Rebuilds the Redis state of a cached sweep whose state is gone, from its
+  // folder; `why` goes into the log and the sweep's warnings. On failure the
+  // sweep is marked state_lost (and tried again on the next pass).
+  absl::Status AdoptCached(Sweep& s, RedisClient* redis, const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // Adopts the folder `name` of a sweep this coordinator does not hold; the
+  // sweep joins the cache. *adopted: false when its Redis state was intact.
+  absl::StatusOr<std::shared_ptr<Sweep>> AdoptFolder(const std::string& name, RedisClient* redis,
+                                                     const std::string& why, bool* adopted) ABSL_LOCKS_EXCLUDED(mu_);
+  // Start-up: adopts every sweep folder whose sweep has no state in Redis.
+  void AdoptOrphanFolders(RedisClient* redis);
+  // Whether the sweep's hash is in Redis.
+  absl::StatusOr<bool> HasState(RedisClient* redis, const std::string& id) {
+    ASSIGN_OR_RETURN(RedisReply r, redis->Command({"HEXISTS", SweepKey(id), "spec"}));
+    return r.AsInt().value_or(0) == 1;
+  }
   absl::StatusOr<std::shared_ptr<Sweep>> LoadSweep(RedisClient* redis, const std::string& id);
   std::shared_ptr<Sweep> Find(const std::string& ref) ABSL_LOCKS_EXCLUDED(mu_);
   void FillStatus(Sweep& s, pb::SweepStatus* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -552,6 +605,8 @@ class Coordinator::Impl {
   // entry was deleted, reloads the in-flight map and the jobs done, and
   // completes the sweep when every job is.
   absl::Status Reconcile(Sweep& s);
+  // Reports that Redis's state of `s` went back (`what`: the counters).
+  void NoteRollback(Sweep& s, const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   JobPayload PayloadFor(const Sweep& s, int64_t job_index) const;
 
   // Handles one reported image; sets *lost / *cancelled when it was discarded.
@@ -561,6 +616,8 @@ class Coordinator::Impl {
 
   CoordinatorOptions opt_;
   RedisPool pool_;
+  std::unique_ptr<OutputRootLock> root_lock_;  // one coordinator per output root
+  std::unique_ptr<LeaderLease> lease_;         // one coordinator per farm (Redis + key prefix)
 
   absl::Mutex mu_;
   absl::CondVar changed_;
@@ -571,9 +628,11 @@ class Coordinator::Impl {
   std::map<std::string, uint64_t> model_enqueued_ ABSL_GUARDED_BY(mu_);    // jobs made claimable, per model
   std::map<std::string, double> model_vtime_ ABSL_GUARDED_BY(mu_);  // virtual time of each model's queue
   std::set<std::string> unloaded_ ABSL_GUARDED_BY(mu_);              // sweep ids to load again
+  std::vector<std::string> farm_warnings_ ABSL_GUARDED_BY(mu_);      // e.g. Redis may lose writes
   int watchers_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_scheduler_ ABSL_GUARDED_BY(mu_) = false;
+  bool reconcile_soon_ ABSL_GUARDED_BY(mu_) = false;  // a sweep's Redis state looked lost
   std::thread scheduler_;
   std::atomic<int64_t> discarded_reports_{0};
 
@@ -625,6 +684,10 @@ class Coordinator::Impl {
       SDFARM_AUTH_CLIENT();
       return impl_->Remove(*req, resp);
     }
+    grpc::Status Adopt(grpc::ServerContext* ctx, const pb::AdoptRequest* req, pb::AdoptResponse* resp) override {
+      SDFARM_AUTH_CLIENT();
+      return impl_->Adopt(*req, resp);
+    }
 #undef SDFARM_AUTH_CLIENT
 
    private:
@@ -672,12 +735,14 @@ absl::Status Coordinator::Impl::Start() {
   std::error_code ec;
   std::filesystem::create_directories(opt_.output_root, ec);
   if (ec) return absl::UnavailableError(absl::StrCat("cannot create output root ", opt_.output_root, ": ", ec.message()));
+  ASSIGN_OR_RETURN(root_lock_, OutputRootLock::Acquire(opt_.output_root));
   // Redis may be restarting as the coordinator starts (both restarted at
   // once, a broken connection): transient errors are retried for a while.
   const absl::Time deadline = absl::Now() + kStartupRedisWait;
   absl::Duration backoff = absl::Milliseconds(200);
   while (true) {
-    absl::Status s = StartWithRedis();
+    absl::Status s = AcquireLeaderLease();
+    if (s.ok()) s = StartWithRedis();
     if (s.ok()) break;
     if (!IsTransient(s) || absl::Now() + backoff > deadline) return s;
     Log(absl::StrCat("Redis at start-up: ", s.ToString(), "; retrying in ", absl::FormatDuration(backoff)));
@@ -685,6 +750,24 @@ absl::Status Coordinator::Impl::Start() {
     backoff = std::min(backoff * 2, absl::Seconds(2));
   }
   scheduler_ = std::thread([this] { SchedulerLoop(); });
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::Impl::AcquireLeaderLease() {
+  if (lease_) return absl::OkStatus();
+  LeaderLeaseOptions o;
+  o.redis = opt_.redis;
+  o.key = Key("leader");
+  o.ttl = opt_.leader_lease;
+  o.log = [](const std::string& line) { Log(line); };
+  o.on_lost = opt_.on_lost_leadership ? opt_.on_lost_leadership : [](const std::string& why) {
+    // Another coordinator writes the farm's state now: stop before writing
+    // anything more (images, manifests). Writes are atomic, so this is as
+    // safe as a crash.
+    Log(absl::StrCat("FATAL: lost the leadership: ", why, "; exiting"));
+    std::_Exit(kExitLostLeadership);
+  };
+  ASSIGN_OR_RETURN(lease_, LeaderLease::Acquire(std::move(o)));
   return absl::OkStatus();
 }
 
@@ -699,8 +782,25 @@ absl::Status Coordinator::Impl::StartWithRedis() {
   ASSIGN_OR_RETURN(RedisReply aof, redis->Command({"CONFIG", "GET", "appendonly"}));
   if (aof.array().size() == 2 && aof.array()[1].str() != "yes") {
     Log("WARNING: Redis runs without AOF (appendonly no): a Redis restart loses queued jobs and sweep state");
+    absl::MutexLock lock(&mu_);
+    farm_warnings_.push_back("Redis runs without AOF (appendonly no): a Redis restart loses the farm's state "
+                             "(sweeps are rebuilt from their folders)");
+  } else {
+    ASSIGN_OR_RETURN(RedisReply fsync, redis->Command({"CONFIG", "GET", "appendfsync"}));
+    if (fsync.array().size() == 2 && fsync.array()[1].str() != "always") {
+      const std::string text = absl::StrCat(
+          "Redis runs with appendfsync ", fsync.array()[1].str(),
+          ", not always: a Redis crash loses up to a second of acknowledged writes (finished jobs, submitted "
+          "sweeps). The coordinator detects and repairs such a rollback from the sweep folders, re-rendering what "
+          "Redis forgot; set `appendfsync always` to lose nothing");
+      Log("WARNING: " + text);
+      absl::MutexLock lock(&mu_);
+      farm_warnings_.push_back(text);
+    }
   }
-  return LoadSweeps();
+  RETURN_IF_ERROR(LoadSweeps());
+  AdoptOrphanFolders(redis.get());
+  return absl::OkStatus();
 }
 
 void Coordinator::Impl::Shutdown() {
@@ -761,6 +861,19 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
     ASSIGN_OR_RETURN(s->output, SweepOutput::Open(opt_.output_root, s->name));
     s->done = static_cast<int64_t>(s->output->recorded());
     (void)s->output->WriteSpec(spec_json);
+    // Images of jobs Redis has not handed out yet: Redis went back to an
+    // older state (not after an adoption, which starts again at job 0).
+    if (f["adopted_ms"].empty() && s->next_job < s->jobs &&
+        LastRecordedItem(*s->output) >= s->expander->JobAt(s->next_job).first_item) {
+      const std::string text = absl::StrCat(
+          "Redis's state of this sweep is older than its folder (next job ", s->next_job,
+          ", but images of later jobs are recorded): Redis lost acknowledged writes (a rollback). Jobs Redis forgot "
+          "are handed out again; images on disk are kept and recorded once");
+      Log(absl::StrCat("ERROR: sweep ", s->name, " (", id, "): ", text));
+      s->warnings.insert(text);
+      s->recent_warnings.emplace_back(++s->seq, text);
+      ++s->recoveries;
+    }
   }
   return s;
 }
@@ -795,7 +908,7 @@ absl::Status Coordinator::Impl::LoadSweeps() {
       }
     }
     for (auto& sw : unfinished) {
-      ASSIGN_OR_RETURN(RedisReply r, redis->Command({"EVAL", kPauseScript, "3", StreamKey(sw->model),
+      ASSIGN_OR_RETURN(RedisReply r, Eval(redis.get(), {"EVAL", kPauseScript, "3", StreamKey(sw->model),
                                                      SweepKey(sw->id) + ":inflight", SweepKey(sw->id),
                                                      JobQueue::kGroup, "all"}));
       (void)r;
@@ -883,6 +996,8 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
   out->set_jobs_done(s.jobs_done);
   out->set_output_dir(s.output_dir);
   for (const std::string& w : s.warnings) out->add_warnings(w);
+  out->set_state_lost(s.state_lost);
+  out->set_recoveries(s.recoveries);
   if (Terminal(s.state)) return;
   out->set_live_workers(LiveWorkers(s.model));
   // The sweep's rate is the sum of its live workers' rates: a lost worker
@@ -931,12 +1046,12 @@ void Coordinator::Impl::MaybeFinish(Sweep& s, RedisClient* redis) {
     if (s.jobs_done < s.jobs) return;
   }
   // Every job is acknowledged or dead-lettered: the sweep is complete.
-  auto r = redis->Command({"HSET", SweepKey(s.id), "state", "done", "done", absl::StrCat(s.done), "finished_ms",
-                           absl::StrCat(NowMs())});
+  auto r = Eval(redis, {"EVAL", kMarkDoneScript, "1", SweepKey(s.id), absl::StrCat(s.done), absl::StrCat(NowMs())});
   if (!r.ok()) {
     Log(absl::StrCat("sweep ", s.name, ": cannot record completion: ", r.status().ToString()));
     return;
   }
+  if (r->AsInt().value_or(0) == 0) return;  // its state is gone from Redis: the reconciler rebuilds it first
   absl::MutexLock lock(&mu_);
   s.state = State::kDone;
   Changed(s);
@@ -992,8 +1107,13 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
                          "registers")};
   }
 
-  // The folder must not hold another sweep's images.
+  // The same spec as a sweep whose Redis state was lost: adopt it (its
+  // images are kept) rather than refuse the name or start a second sweep.
   const std::string dir = opt_.output_root + "/" + spec->name;
+  if (grpc::Status adopted = AdoptResubmitted(*spec, resp); adopted.error_code() != grpc::StatusCode::NOT_FOUND) {
+    return adopted;
+  }
+  // The folder must not hold another sweep's images.
   {
     absl::MutexLock lock(&mu_);
     if (!names_.count(spec->name) && std::filesystem::exists(dir + "/metadata.jsonl")) {
@@ -1026,7 +1146,7 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
     argv.push_back(k);
     argv.push_back(v);
   }
-  auto r = (*redis)->Command(argv);
+  auto r = Eval(redis->get(), argv);
   if (!r.ok()) return ToGrpc(r.status());
   const auto& a = r->array();
   if (a.size() != 2) return {grpc::StatusCode::INTERNAL, "unexpected reply creating the sweep"};
@@ -1159,7 +1279,7 @@ grpc::Status Coordinator::Impl::Cancel(const std::string& ref, pb::SweepStatus* 
   if (!redis.ok()) return ToGrpc(redis.status());
   // Holding out_mu: no image write is in progress, and none starts after this.
   absl::MutexLock out_lock(&s->out_mu);
-  auto r = (*redis)->Command({"EVAL", kCancelScript, "3", StreamKey(s->model), SweepKey(s->id) + ":inflight",
+  auto r = Eval(redis->get(), {"EVAL", kCancelScript, "3", StreamKey(s->model), SweepKey(s->id) + ":inflight",
                               SweepKey(s->id), JobQueue::kGroup});
   if (!r.ok()) return ToGrpc(r.status());
   absl::MutexLock lock(&mu_);
@@ -1184,9 +1304,9 @@ grpc::Status Coordinator::Impl::SetPaused(const std::string& ref, bool paused, p
   auto redis = pool_.Acquire();
   if (!redis.ok()) return ToGrpc(redis.status());
   absl::StatusOr<RedisReply> r =
-      paused ? (*redis)->Command({"EVAL", kPauseScript, "3", StreamKey(s->model), SweepKey(s->id) + ":inflight",
+      paused ? Eval(redis->get(), {"EVAL", kPauseScript, "3", StreamKey(s->model), SweepKey(s->id) + ":inflight",
                                   SweepKey(s->id), JobQueue::kGroup, ""})
-             : (*redis)->Command({"HSET", SweepKey(s->id), "state", "running"});
+             : Eval(redis->get(), {"EVAL", kResumeScript, "1", SweepKey(s->id)});
   if (!r.ok()) return ToGrpc(r.status());
   {
     absl::MutexLock lock(&mu_);
@@ -1214,7 +1334,7 @@ grpc::Status Coordinator::Impl::Remove(const pb::RemoveRequest& req, pb::RemoveR
   if (!redis.ok()) return ToGrpc(redis.status());
   // Holding out_mu: no image write is in progress, and none starts after this.
   absl::MutexLock out_lock(&s->out_mu);
-  auto r = (*redis)->Command({"EVAL", kRemoveSweepScript, "8", SweepKey(s->id), SweepKey(s->id) + ":inflight",
+  auto r = Eval(redis->get(), {"EVAL", kRemoveSweepScript, "8", SweepKey(s->id), SweepKey(s->id) + ":inflight",
                               SweepKey(s->id) + ":failures", SweepKey(s->id) + ":failed",
                               Key("request:" + s->request_id), Key("name:" + s->name), Key("sweeps"),
                               StreamKey(s->model), s->id, JobQueue::kGroup});
@@ -1233,6 +1353,10 @@ grpc::Status Coordinator::Impl::Remove(const pb::RemoveRequest& req, pb::RemoveR
   out->set_output_dir(s->output_dir);
   // The folder is recomputed from the validated name, never taken from Redis.
   const std::filesystem::path dir = std::filesystem::path(opt_.output_root) / s->name;
+  if (req.keep_files() && IsSafeFileName(s->name)) {
+    // Never adopted again automatically (sweep_adopt.h); sdfarm adopt still can.
+    std::ofstream((dir / kRemovedMarker).string()) << s->id << "\n";
+  }
   if (!req.keep_files() && IsSafeFileName(s->name)) {
     std::error_code ec;
     const std::uintmax_t n = std::filesystem::remove_all(dir, ec);
@@ -1256,6 +1380,7 @@ grpc::Status Coordinator::Impl::Workers(pb::WorkersResponse* out) {
     sessions_.erase(kv.second.session);
     return true;
   });
+  for (const std::string& w : farm_warnings_) out->add_warnings(w);
   for (auto& [id, w] : workers_) {
     pb::WorkerStatus* ws = out->add_workers();
     ws->set_lost(!Live(w, now));
@@ -1756,7 +1881,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
           bad_reason = absl::StrCat("the worker reported the job done without ", missing.size(), " of its images");
           break;
         }
-        auto r = (*redis)->Command({"EVAL", kFinishJobScript, "3", StreamKey(sweep->model), SweepKey(sweep->id),
+        auto r = Eval(redis->get(), {"EVAL", kFinishJobScript, "3", StreamKey(sweep->model), SweepKey(sweep->id),
                                     SweepKey(sweep->id) + ":inflight", JobQueue::kGroup, worker, stream_id,
                                     absl::StrCat(job_index), job_id});
         if (!r.ok()) return ToGrpc(r.status());
@@ -1813,7 +1938,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
         }
       }
     }
-    auto r = (*redis)->Command(argv);
+    auto r = Eval(redis->get(), argv);
     if (!r.ok()) return ToGrpc(r.status());
     const int64_t code = r->array().size() == 2 ? r->array()[0].AsInt().value_or(0) : 0;
     const int64_t value = r->array().size() == 2 ? r->array()[1].AsInt().value_or(0) : 0;
@@ -1861,6 +1986,213 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
   return grpc::Status::OK;
 }
 
+// ------------------------------------------------- Redis losing state --
+// The pieces are in sweep_adopt.h; docs/farm.md, "When Redis loses state".
+
+std::vector<std::string> Coordinator::Impl::AdoptArgv(const std::string& id, const std::string& name,
+                                                      const std::string& model, const std::string& spec_json, const std::string& state,
+                                                      int job_size, const SweepExpander& expander,
+                                                      int64_t created_ms, const std::string& request_id) {
+  std::vector<std::string> argv = {"EVAL", kAdoptSweepScript, "7", SweepKey(id), SweepKey(id) + ":inflight",
+                                   SweepKey(id) + ":failures", SweepKey(id) + ":failed", Key("name:" + name),
+                                   Key("sweeps"), Key("request:" + request_id), id, name, absl::StrCat(created_ms),
+                                   Key("sweep:"), request_id.empty() ? "0" : "1"};
+  for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
+           {"name", name},
+           {"model", model},
+           {"spec", spec_json},
+           {"state", state},
+           {"job_size", absl::StrCat(job_size)},
+           {"total", absl::StrCat(expander.num_items())},
+           {"jobs", absl::StrCat(expander.num_jobs())},
+           {"next_job", "0"},
+           {"jobs_done", "0"},
+           {"created_ms", absl::StrCat(created_ms)},
+           {"request_id", request_id},
+           {"output_dir", opt_.output_root + "/" + name},
+           {"adopted_ms", absl::StrCat(NowMs())}}) {
+    argv.push_back(k);
+    argv.push_back(v);
+  }
+  return argv;
+}
+
+absl::Status Coordinator::Impl::AdoptCached(Sweep& s, RedisClient* redis, const std::string& why) {
+  // Holding out_mu: no cancel, removal or image write runs meanwhile.
+  absl::MutexLock out_lock(&s.out_mu);
+  std::string state;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sweeps_.find(s.id);
+    if (Terminal(s.state) || it == sweeps_.end() || it->second.get() != &s) return absl::OkStatus();
+    state = StateName(s.state);
+  }
+  Log(absl::StrCat("ERROR: sweep ", s.name, " (", s.id, "): ", why, "; rebuilding it from its folder ", s.output_dir));
+  auto fail = [&](const absl::Status& st) {
+    absl::MutexLock lock(&mu_);
+    if (!s.state_lost) {
+      s.state_lost = true;
+      Warn(s, absl::StrCat("Redis lost this sweep's state and rebuilding it failed: ", st.message(),
+                           "; nothing more is scheduled until it is fixed (sdfarm adopt ", s.name, ")"));
+      Changed(s);
+    }
+    Log(absl::StrCat("ERROR: sweep ", s.name, ": cannot rebuild its state: ", st.ToString()));
+    return st;
+  };
+  if (!s.output) return fail(absl::FailedPreconditionError("its folder is not open"));
+  // sweep.json is what the coordinator wrote when it took the sweep; the
+  // cached spec stands in when it is unreadable.
+  auto folder = ReadSweepFolder(opt_.output_root, s.name, opt_.limits);
+  const std::string spec_json = folder.ok() ? folder->spec_json.dump() : s.spec.ToJson().dump();
+  auto r = Eval(redis, AdoptArgv(s.id, s.name, s.model, spec_json, state, s.job_size, *s.expander, s.created_ms, s.request_id));
+  if (!r.ok()) return fail(r.status());
+  const int64_t code = r->array().size() == 2 ? r->array()[0].AsInt().value_or(-1) : -1;
+  if (code == 2) {
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("its name now belongs to sweep ", r->array()[1].str(), " (sdfarm rm it, or submit this one under another name)")));
+  }
+  if (code != 0 && code != 1) return fail(absl::InternalError("unexpected reply " + r->DebugString()));
+  const int64_t on_disk = static_cast<int64_t>(s.output->recorded());
+  absl::MutexLock lock(&mu_);
+  if (code == 0) {
+    s.next_job = 0;
+    s.inflight.clear();
+    s.jobs_done = 0;
+    s.failed = 0;
+    ++s.recoveries;
+    Warn(s, absl::StrCat("repair ", s.recoveries, ": ", why, "; rebuilt from the folder: ", on_disk, " of ", s.total,
+                         " images on disk kept, the rest rendered again"));
+    Log(absl::StrCat("sweep ", s.name, " (", s.id, ") rebuilt in Redis from ", s.output_dir, ": ", on_disk, " of ",
+                     s.total, " images on disk are kept; ", s.total - on_disk, " to render"));
+  }
+  s.done = on_disk;
+  s.state_lost = false;
+  wake_scheduler_ = true;
+  Changed(s);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::AdoptFolder(const std::string& name, RedisClient* redis,
+                                                                      const std::string& why, bool* adopted) {
+  *adopted = false;
+  ASSIGN_OR_RETURN(SweepFolder folder, ReadSweepFolder(opt_.output_root, name, opt_.limits));
+  const std::string id = folder.sweep_id.empty() ? RandomHex(8) : folder.sweep_id;
+  SweepExpander expander(folder.spec, opt_.job_size);
+  ASSIGN_OR_RETURN(RedisReply r, Eval(redis, AdoptArgv(id, name, folder.spec.model, folder.spec_json.dump(),
+                                                       opt_.hold_unfinished ? "paused" : "running", opt_.job_size,
+                                                       expander, NowMs(), "")));
+  const int64_t code = r.array().size() == 2 ? r.array()[0].AsInt().value_or(-1) : -1;
+  if (code == 2) {
+    return absl::AlreadyExistsError(absl::StrCat("the name '", name, "' belongs to sweep ", r.array()[1].str(),
+                                                 ", which has its state in Redis; nothing to adopt"));
+  }
+  if (code != 0 && code != 1) return absl::InternalError("unexpected reply " + r.DebugString());
+  ASSIGN_OR_RETURN(std::shared_ptr<Sweep> sweep, LoadSweep(redis, id));
+  *adopted = code == 0;
+  if (*adopted) {
+    std::error_code ec;
+    std::filesystem::remove(opt_.output_root + "/" + name + "/" + kRemovedMarker, ec);
+    sweep->recoveries = 1;
+    const std::string text = absl::StrCat("adopted from its folder (", why, "): ", sweep->done, " of ", sweep->total,
+                                          " images on disk kept, the rest rendered");
+    sweep->warnings.insert(text);
+    sweep->recent_warnings.emplace_back(++sweep->seq, text);
+    Log(absl::StrCat("sweep ", name, " (", id, ") adopted from ", opt_.output_root, "/", name, " (", why, "): ",
+                     sweep->done, " of ", sweep->total, " images on disk are kept; ", sweep->total - sweep->done,
+                     " to render"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (auto it = sweeps_.find(id); it != sweeps_.end()) return it->second;  // loaded meanwhile
+  sweep->pass = StartPass(*sweep);
+  sweeps_[id] = sweep;
+  names_[name] = id;
+  wake_scheduler_ = true;
+  changed_.SignalAll();
+  return sweep;
+}
+
+void Coordinator::Impl::AdoptOrphanFolders(RedisClient* redis) {
+  for (const std::string& name : SweepFoldersUnder(opt_.output_root)) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (names_.count(name)) continue;
+    }
+    bool adopted = false;
+    auto s = AdoptFolder(name, redis, "found at start-up without state in Redis", &adopted);
+    if (!s.ok() && !absl::IsAlreadyExists(s.status())) {
+      Log(absl::StrCat("WARNING: cannot adopt the sweep folder ", opt_.output_root, "/", name, ": ",
+                       s.status().ToString()));
+    }
+  }
+}
+
+grpc::Status Coordinator::Impl::AdoptResubmitted(const SweepSpec& spec, pb::SubmitResponse* resp) {
+  const nlohmann::json canonical = spec.ToJson();
+  std::shared_ptr<Sweep> cached = Find(spec.name);
+  if (cached) {
+    if (cached->id != spec.name && cached->name != spec.name) return {grpc::StatusCode::NOT_FOUND, ""};
+    if (cached->spec.ToJson() != canonical) return {grpc::StatusCode::NOT_FOUND, ""};
+  } else {
+    auto folder = ReadSweepFolder(opt_.output_root, spec.name, opt_.limits);
+    if (!folder.ok() || folder->spec_json != canonical) return {grpc::StatusCode::NOT_FOUND, ""};
+  }
+  auto redis = pool_.Acquire();
+  if (!redis.ok()) return ToGrpc(redis.status());
+  if (cached) {
+    auto has = HasState(redis->get(), cached->id);
+    if (!has.ok()) return ToGrpc(has.status());
+    if (*has) {
+      // Adopted or repaired already: the same spec is that sweep. Any other
+      // live sweep: Submit's usual rules (the name is taken).
+      absl::MutexLock lock(&mu_);
+      if (cached->recoveries == 0) return {grpc::StatusCode::NOT_FOUND, ""};
+      resp->set_sweep_id(cached->id);
+      return grpc::Status::OK;
+    }
+    absl::Status st = AdoptCached(*cached, redis->get(), "its state is gone from Redis; submitted again with the same spec");
+    if (!st.ok()) return ToGrpc(st);
+    resp->set_sweep_id(cached->id);
+    return grpc::Status::OK;
+  }
+  bool adopted = false;
+  auto s = AdoptFolder(spec.name, redis->get(), "submitted again with the same spec", &adopted);
+  if (absl::IsAlreadyExists(s.status())) return {grpc::StatusCode::NOT_FOUND, ""};  // Submit refuses the name
+  if (!s.ok()) return ToGrpc(s.status());
+  resp->set_sweep_id((*s)->id);
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Adopt(const pb::AdoptRequest& req, pb::AdoptResponse* out) {
+  if (!IsSafeFileName(req.name())) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, "'" + req.name() + "' is not a valid sweep name"};
+  }
+  auto redis = pool_.Acquire();
+  if (!redis.ok()) return ToGrpc(redis.status());
+  std::shared_ptr<Sweep> s = Find(req.name());
+  bool adopted = false;
+  if (s) {
+    auto has = HasState(redis->get(), s->id);
+    if (!has.ok()) return ToGrpc(has.status());
+    if (!*has) {
+      absl::Status st = AdoptCached(*s, redis->get(), "its state is gone from Redis; sdfarm adopt");
+      if (!st.ok()) return ToGrpc(st);
+      adopted = true;
+    }
+  } else {
+    auto a = AdoptFolder(req.name(), redis->get(), "sdfarm adopt", &adopted);
+    if (!a.ok()) return ToGrpc(a.status());
+    s = *a;
+  }
+  absl::MutexLock lock(&mu_);
+  out->set_sweep_id(s->id);
+  out->set_name(s->name);
+  out->set_adopted(adopted);
+  out->set_images_on_disk(s->done);
+  out->set_images_missing(s->total - s->done);
+  out->set_output_dir(s->output_dir);
+  return grpc::Status::OK;
+}
+
 // -------------------------------------------------------------- scheduler --
 
 JobPayload Coordinator::Impl::PayloadFor(const Sweep& s, int64_t job_index) const {
@@ -1893,6 +2225,10 @@ absl::Status Coordinator::Impl::FillModel(const std::string& model) {
   ASSIGN_OR_RETURN(int64_t length, q.Length(model));
   ASSIGN_OR_RETURN(int64_t pending, q.Pending(model));
   int64_t waiting = length - pending;
+  // Sweeps whose enqueue was refused in this pass: the others go on (one
+  // sweep's trouble must not stall its model).
+  std::set<const Sweep*> refused;
+  std::vector<std::shared_ptr<Sweep>> finished_by_skip;
   while (true) {
     std::shared_ptr<Sweep> pick;
     int64_t job_index = 0;
@@ -1907,33 +2243,60 @@ absl::Status Coordinator::Impl::FillModel(const std::string& model) {
       const size_t window = static_cast<size_t>(std::max(opt_.window, 2 * live));
       for (auto& [id, s] : sweeps_) {
         if (s->model != model || s->state != State::kRunning || s->next_job >= s->jobs) continue;
-        if (s->inflight.size() >= window) continue;
+        if (s->inflight.size() >= window || s->state_lost || refused.count(s.get())) continue;
         if (!pick || s->pass < pick->pass || (s->pass == pick->pass && s->created_ms < pick->created_ms)) pick = s;
       }
       if (!pick) break;
       job_index = pick->next_job;
     }
-    const JobPayload payload = PayloadFor(*pick, job_index);
-    ASSIGN_OR_RETURN(RedisReply r, redis->Command({"EVAL", kEnqueueScript, "3", StreamKey(model), SweepKey(pick->id),
-                                                   SweepKey(pick->id) + ":inflight", absl::StrCat(job_index),
-                                                   payload.job_id(), payload.ToJson()}));
-    absl::MutexLock lock(&mu_);
-    if (r.is_nil()) {
-      // The sweep changed state (cancel, pause) meanwhile: reload its cursor.
-      auto h = redis->Command({"HGET", SweepKey(pick->id), "next_job"});
+    // Jobs whose images are all on disk (an adopted sweep, jobs Redis forgot
+    // in a rollback) are marked finished without rendering them.
+    int64_t recorded_run = 0;
+    {
+      absl::MutexLock out_lock(&pick->out_mu);
+      if (pick->output) recorded_run = RecordedJobRun(*pick->expander, *pick->output, job_index, 4096);
+    }
+    absl::StatusOr<RedisReply> r =
+        recorded_run > 0
+            ? Eval(redis.get(), {"EVAL", kSkipRecordedJobsScript, "1", SweepKey(pick->id), absl::StrCat(job_index),
+                                 absl::StrCat(job_index + recorded_run)})
+            : Eval(redis.get(), {"EVAL", kEnqueueScript, "3", StreamKey(model), SweepKey(pick->id),
+                                 SweepKey(pick->id) + ":inflight", absl::StrCat(job_index),
+                                 PayloadFor(*pick, job_index).job_id(), PayloadFor(*pick, job_index).ToJson()});
+    if (!r.ok()) return r.status();
+    if (r->is_nil()) {
+      // The sweep changed state (cancel, pause), or Redis lost or rolled
+      // back its state: take Redis's cursor as it is, and go on with the
+      // model's other sweeps.
+      auto h = redis->Command({"HMGET", SweepKey(pick->id), "spec", "next_job"});
+      absl::MutexLock lock(&mu_);
+      refused.insert(pick.get());
       int64_t n = 0;
-      if (h.ok() && h->is_string() && absl::SimpleAtoi(h->str(), &n)) pick->next_job = std::max(pick->next_job, n);
-      if (pick->state == State::kRunning && pick->next_job == job_index) break;  // avoid a busy loop
+      if (h.ok() && h->array().size() == 2 && h->array()[0].is_nil()) {
+        reconcile_soon_ = true;  // its state is gone: the reconciler rebuilds it
+      } else if (h.ok() && h->array().size() == 2 && h->array()[1].is_string() &&
+                 absl::SimpleAtoi(h->array()[1].str(), &n)) {
+        if (n < job_index) NoteRollback(*pick, absl::StrCat("next job ", n, " (was ", job_index, ")"));
+        pick->next_job = n;
+      }
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    if (recorded_run > 0) {
+      pick->next_job = job_index + recorded_run;
+      pick->jobs_done = std::max(pick->jobs_done, r->AsInt().value_or(0));
+      finished_by_skip.push_back(pick);
       continue;
     }
     pick->next_job = job_index + 1;
-    pick->inflight[job_index] = r.str();
+    pick->inflight[job_index] = r->str();
     pick->pass += 1.0 / pick->priority;
     model_vtime_[model] = std::max(model_vtime_[model], pick->pass);
     ++waiting;
     ++model_enqueued_[model];  // wakes the Claims waiting for this model
     changed_.SignalAll();
   }
+  for (auto& s : finished_by_skip) MaybeFinish(*s, redis.get());
   return absl::OkStatus();
 }
 
@@ -1966,6 +2329,18 @@ void Coordinator::Impl::LoadMissingSweeps() {
 
 absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
   ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
+  int64_t cached_next = 0, cached_done = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    cached_next = s.next_job;
+    cached_done = s.jobs_done;
+  }
+  ASSIGN_OR_RETURN(RedisReply head, redis->Command({"HMGET", SweepKey(s.id), "spec", "next_job", "jobs_done"}));
+  if (head.array().size() == 3 && head.array()[0].is_nil()) {
+    return AdoptCached(s, redis.get(),
+                       "its state is gone from Redis (FLUSHALL, a Redis restart without AOF, or a rollback to before "
+                       "the sweep existed)");
+  }
   const std::string lease_ms = absl::StrCat(absl::ToInt64Milliseconds(opt_.lease));
   const std::string inflight_key = SweepKey(s.id) + ":inflight";
   ASSIGN_OR_RETURN(RedisReply lost, redis->Command({"EVAL", kFindLostJobsScript, "2", StreamKey(s.model),
@@ -1976,7 +2351,7 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
     ASSIGN_OR_RETURN(RedisReply old_id, redis->Command({"HGET", inflight_key, j.str()}));
     if (!old_id.is_string()) continue;
     const JobPayload payload = PayloadFor(s, job_index);
-    ASSIGN_OR_RETURN(RedisReply r, redis->Command({"EVAL", kRequeueLostJobScript, "3", StreamKey(s.model),
+    ASSIGN_OR_RETURN(RedisReply r, Eval(redis.get(), {"EVAL", kRequeueLostJobScript, "3", StreamKey(s.model),
                                                    SweepKey(s.id), inflight_key, JobQueue::kGroup, j.str(),
                                                    old_id.str(), payload.job_id(), payload.ToJson(), lease_ms}));
     if (r.is_string()) {
@@ -2000,17 +2375,47 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
     // A job finished or enqueued meanwhile is set right on the next pass.
     if (fresh.size() < s.inflight.size()) wake_scheduler_ = true;
     s.inflight = std::move(fresh);
-    s.jobs_done = std::max(s.jobs_done, jobs_done);
+    // Redis's counters only grow, and the cached ones come from Redis's
+    // replies: counters read now below those cached before mean Redis went
+    // back to an older state. Its state is then the truth (both ways).
+    int64_t redis_next = -1, redis_done = -1;
+    if (head.array().size() == 3 && head.array()[1].is_string()) (void)absl::SimpleAtoi(head.array()[1].str(), &redis_next);
+    if (head.array().size() == 3 && head.array()[2].is_string()) (void)absl::SimpleAtoi(head.array()[2].str(), &redis_done);
+    if ((redis_next >= 0 && redis_next < cached_next) || (redis_done >= 0 && redis_done < cached_done)) {
+      NoteRollback(s, absl::StrCat("next job ", redis_next, " (was ", cached_next, "), jobs done ", redis_done, " (was ",
+                                   cached_done, ")"));
+      if (redis_next >= 0 && redis_next < s.next_job) s.next_job = redis_next;
+      s.jobs_done = jobs_done;
+    } else {
+      s.jobs_done = std::max(s.jobs_done, jobs_done);
+    }
   }
   MaybeFinish(s, redis.get());
   return absl::OkStatus();
+}
+
+void Coordinator::Impl::NoteRollback(Sweep& s, const std::string& what) {
+  ++s.recoveries;
+  Warn(s, absl::StrCat("repair ", s.recoveries, ": Redis's state of this sweep went back (", what,
+                       "): Redis lost acknowledged writes (a crash without appendfsync always, or an older copy "
+                       "restored). The jobs it forgot are handed out again; images on disk are kept and recorded once"));
+  Log(absl::StrCat("ERROR: sweep ", s.name, " (", s.id, "): Redis's state went back (", what,
+                   "); resynced the coordinator's cache from Redis"));
+  wake_scheduler_ = true;
+  Changed(s);
 }
 
 void Coordinator::Impl::SchedulerLoop() {
   absl::Time last_error_log = absl::InfinitePast();
   absl::Time next_reconcile = absl::Now() + kReconcileInterval;
   while (true) {
-    if (absl::Now() >= next_reconcile) {
+    bool reconcile_now = false;
+    {
+      absl::MutexLock lock(&mu_);
+      reconcile_now = reconcile_soon_;
+      reconcile_soon_ = false;
+    }
+    if (reconcile_now || absl::Now() >= next_reconcile) {
       next_reconcile = absl::Now() + kReconcileInterval;
       LoadMissingSweeps();
       std::vector<std::shared_ptr<Sweep>> unfinished;

@@ -30,6 +30,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -57,12 +58,25 @@ struct CoordinatorOptions {
   // the queues (sdfarm local: no worker of an earlier run is alive, and a run
   // serves only the sweep it was asked for).
   bool hold_unfinished = false;
+  // The leader lease in Redis (leader_lease.h): renewed every third of it; a
+  // restarted coordinator waits up to this long for a killed one's lease.
+  absl::Duration leader_lease = absl::Seconds(10);
+  // Called when another coordinator turns out to hold the lease; default:
+  // log and exit the process with kExitLostLeadership.
+  std::function<void(const std::string&)> on_lost_leadership;
 };
+
+// The coordinator's exit status when it finds another coordinator holding
+// the farm's leader lease while it runs.
+inline constexpr int kExitLostLeadership = 3;
 
 class Coordinator {
  public:
-  // Connects to Redis, warns when it may evict keys, and loads every sweep
-  // (unfinished ones resume).
+  // Locks the output root (output_root_lock.h), connects to Redis, takes the
+  // farm's leader lease (leader_lease.h; waits for a killed coordinator's to
+  // end), warns when Redis may evict keys or lose writes, and loads every
+  // sweep (unfinished ones resume). FailedPrecondition naming the other
+  // coordinator when one holds the root or the lease.
   static absl::StatusOr<std::unique_ptr<Coordinator>> Create(const CoordinatorOptions& options);
   ~Coordinator();  // Shutdown()
 

@@ -38,6 +38,7 @@ class SweepOutput {
   const std::string& dir() const { return dir_; }
   size_t recorded() const { return recorded_.size(); }
   bool IsRecorded(const std::string& file_name) const { return recorded_.count(file_name) > 0; }
+  const std::set<std::string>& recorded_files() const { return recorded_; }
 
   // Atomically (temp file, fsync, rename, fsync of the folder) writes `bytes`
   // as `file_name` in the sweep folder.

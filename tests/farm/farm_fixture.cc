@@ -91,7 +91,8 @@ absl::Status Farm::StartCoordinatorNoWait() {
             "--output-root", output_root_,
             "--lease", absl::StrCat(options_.lease_seconds),
             "--max-attempts", absl::StrCat(options_.max_attempts),
-            "--job-size", absl::StrCat(options_.job_size)};
+            "--job-size", absl::StrCat(options_.job_size),
+            "--leader-lease", absl::StrCat(options_.leader_lease_seconds)};
   if (options_.window > 0) o.argv.insert(o.argv.end(), {"--window", absl::StrCat(options_.window)});
   o.argv.insert(o.argv.end(), options_.coordinator_args.begin(), options_.coordinator_args.end());
   o.env = {{"SDFARM_CLIENT_TOKEN", client_token_}, {"SDFARM_WORKER_TOKEN", worker_token_}};

@@ -60,6 +60,9 @@ struct FarmOptions {
   int window = 0;                                // coordinator --window; 0: its default
   std::vector<std::string> coordinator_args;     // more coordinator flags
   RedisServerOptions redis;                      // e.g. maxmemory_policy
+  // Coordinator --leader-lease: short, so that a restart after KillCoordinator
+  // waits little for the killed one's lease.
+  double leader_lease_seconds = 3;
 };
 
 // Overrides for one worker (StartWorker(spec)).
