@@ -1829,7 +1829,10 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
         if (*b == Binding::kMismatch) {
           return refused(absl::StrCat("delivery ", stream_id, " is not job ", job_id, "'s"));
         }
-        if (*b != Binding::kBound) lost = true;
+        // kGone (the job is finished: a report sent again after its answer
+        // was lost) goes on as before: recorded images are skipped, and the
+        // finish answers that it counted.
+        if (*b == Binding::kNotHeld) lost = true;
       }
     } else if (msg.job_id() != job_id || msg.job_stream_id() != stream_id) {
       return {grpc::StatusCode::INVALID_ARGUMENT, "one ReportJob stream carries one job"};

@@ -14,7 +14,10 @@ namespace sdfarm::coordinator {
 const char kBindingLua[] = R"lua(
 local function sdfarm_binding(stream, inflight, group, consumer, id, job_id, job_index)
   local p = redis.pcall('XPENDING', stream, group, id, id, 1)
-  if p.err or #p == 0 then return 0 end
+  if p.err or #p == 0 then
+    if redis.call('HGET', inflight, job_index) == id then return -1 end
+    return 0
+  end
   if p[1][2] ~= consumer then return -1 end
   local e = redis.call('XRANGE', stream, id, id)
   if #e == 0 then return 0 end
@@ -74,6 +77,7 @@ absl::StatusOr<Binding> RunCheck(RedisClient* redis, const DeliveryRef& d, bool 
 Binding BindingFromCode(int64_t code) {
   if (code == 1) return Binding::kBound;
   if (code == -2) return Binding::kMismatch;
+  if (code == 0) return Binding::kGone;
   return Binding::kNotHeld;
 }
 

@@ -9,9 +9,13 @@
 //   2. the entry's own `job` field is the job id the worker names;
 //   3. the sweep's in-flight hash (job index -> stream id) maps that job to
 //      this very entry.
-// (1) failing means the worker no longer holds it (lease lost, job finished):
-// kNotHeld. (1) holding and (2) or (3) failing means the worker names a job
-// its delivery is not: kMismatch, never an honest outcome.
+// (1) failing: kNotHeld when the entry is another worker's, or still the
+// sweep's in-flight delivery of that job without being this worker's (never
+// delivered, or taken back); kGone when the job is no longer in flight at all
+// (finished, cancelled, deleted), which is also what a worker resending a
+// report that was acknowledged already sees. (1) holding and (2) or (3)
+// failing means the worker names a job its delivery is not: kMismatch, never
+// an honest outcome.
 //
 //   DeliveryRef d{stream_key, inflight_key, worker_id, stream_id, job_id, job_index};
 //   ASSIGN_OR_RETURN(Binding b, CheckBinding(redis, d));   // before writing an image
@@ -33,7 +37,7 @@
 
 namespace sdfarm::coordinator {
 
-enum class Binding { kBound, kNotHeld, kMismatch };
+enum class Binding { kBound, kGone, kNotHeld, kMismatch };
 
 struct DeliveryRef {
   std::string stream_key;    // <prefix>:jobs:<model>
@@ -45,11 +49,11 @@ struct DeliveryRef {
 };
 
 // Lua: function sdfarm_binding(stream, inflight, group, consumer, id, job_id,
-// job_index) returning (1, xpending entry) bound, (0) not pending or gone,
-// (-1) another consumer's, (-2) mismatch.
+// job_index) returning (1, xpending entry) bound, (0) gone, (-1) not held,
+// (-2) mismatch.
 extern const char kBindingLua[];
 
-// The script's code as a Binding (1 bound; 0, -1 not held; -2 mismatch).
+// The script's code as a Binding (1 bound, 0 gone, -1 not held, -2 mismatch).
 Binding BindingFromCode(int64_t code);
 
 absl::StatusOr<Binding> CheckBinding(RedisClient* redis, const DeliveryRef& d);

@@ -7,12 +7,17 @@
 //   - --sigstops times a worker is frozen (SIGSTOP) in the middle of a job,
 //     kept frozen until another worker has taken the job over, and thawed
 //     (SIGCONT) while Redis holds writes for a moment (CLIENT PAUSE WRITE),
-//     so that it cannot learn from a lease renewal that it lost the job: it
+//     so that it cannot learn from a lease renewal (its heartbeat, which the
+//     coordinator answers from Redis) that it lost the job: it
 //     finishes the job and reports it late, and the coordinator must refuse
 //     the report (ReportAck.accepted = false) and write nothing;
 //   - the coordinator is restarted --coordinator-restarts times (SIGKILL, then
 //     SIGTERM, alternating) and redis-server --redis-restarts times (SIGKILL:
 //     what was acknowledged must survive through the AOF);
+//   - --dishonest times a dishonest worker (a gRPC client with the worker
+//     token) claims a job, forges reports and failures for other workers'
+//     jobs (white images carrying the right parameters), every one of which
+//     must be refused, then vanishes holding its job;
 //   - optionally (--drop-coordinator-redis-replies N) every N-th Redis reply
 //     to the coordinator is lost after the command ran.
 //
@@ -53,6 +58,7 @@
 #include "coordinator/sweep_spec.h"
 #include "sdfarm.grpc.pb.h"
 #include "tests/farm/farm_fixture.h"
+#include "tests/farm/hostile_worker.h"
 #include "tests/farm/sweep_check.h"
 #include "tests/farm/tcp_proxy.h"
 #include "worker/tools/cli_flags.h"
@@ -79,6 +85,7 @@ struct Config {
   int sigstops = 2;
   int coordinator_restarts = 2;
   int redis_restarts = 1;
+  int dishonest = 1;  // dishonest workers (forged reports for other workers' jobs)
   int max_attempts = 10;
   int drop_replies_every = 0;
   double timeout = 0;  // 0: from the sweep's size
@@ -129,6 +136,10 @@ class ChaosRun {
   absl::Status RestartCoordinator(bool crash);
   absl::Status RestartRedis();
   absl::Status FreezeAWorkerPastItsLease();
+  // A dishonest worker claims a job, reports forged images and failures for
+  // other in-flight jobs (under its own delivery and under theirs), then
+  // vanishes holding its job. Every forged report must be refused.
+  absl::Status ActDishonestly();
 
   RedisClient* redis();
   std::optional<pb::SweepStatus> Poll();
@@ -148,6 +159,7 @@ class ChaosRun {
   int worker_kills_ = 0, workers_started_ = 0, sigstops_ = 0, coordinator_restarts_ = 0, redis_restarts_ = 0;
   int freezes_with_late_report_ = 0;  // the frozen worker reported late and was refused
   std::vector<std::string> freeze_outcomes_;
+  int dishonest_runs_ = 0, forged_reports_ = 0, forged_reports_refused_ = 0;
 };
 
 RedisClient* ChaosRun::redis() {
@@ -238,6 +250,61 @@ absl::Status ChaosRun::RestartCoordinator(bool crash) {
   absl::SleepFor(absl::Milliseconds(700));
   if (auto s = farm_->StartCoordinator(); !s.ok()) return s;
   ++coordinator_restarts_;
+  return absl::OkStatus();
+}
+
+absl::Status ChaosRun::ActDishonestly() {
+  const std::string name = absl::StrCat("mallory-", dishonest_runs_);
+  testing::HostileWorker mallory(farm_->channel(), farm_->worker_token());
+  pb::RegisterResponse reg;
+  if (grpc::Status s = mallory.Register(name, kModel, "synthetic", &reg); !s.ok()) {
+    Say(absl::StrCat(name, ": cannot register (", s.error_message(), "); skipped"));
+    return absl::OkStatus();  // the coordinator may be restarting: not a finding
+  }
+  pb::ClaimResponse claimed;
+  for (int i = 0; i < 5 && !claimed.has_job(); ++i) (void)mallory.Claim(&claimed, std::nullopt, 2000);
+  if (!claimed.has_job()) {
+    Say(absl::StrCat(name, ": got no job; skipped"));
+    return absl::OkStatus();
+  }
+  ++dishonest_runs_;
+  const pb::ClaimedJob held = claimed.job();
+  auto spec = coordinator::SweepSpec::FromJson(spec_, coordinator::SweepLimits{}, 0);
+  if (!spec.ok()) return spec.status();
+  coordinator::SweepExpander expander(*spec, c_.job_size);
+  RedisClient* r = redis();
+  if (r == nullptr) return absl::UnavailableError("no Redis connection");
+  auto inflight = r->Command({"HGETALL", "sdfarm:sweep:" + sweep_id_ + ":inflight"});
+  if (!inflight.ok()) return inflight.status();
+  int targets = 0;
+  for (size_t i = 0; i + 1 < inflight->array().size() && targets < 3; i += 2) {
+    const std::string target_stream = inflight->array()[i + 1].str();
+    int64_t index = 0;
+    if (!absl::SimpleAtoi(inflight->array()[i].str(), &index) || target_stream == held.stream_id()) continue;
+    ++targets;
+    const std::string job_id = absl::StrCat(sweep_id_, "/", index);
+    const coordinator::JobSlice slice = expander.JobAt(index);
+    std::vector<coordinator::Item> items;
+    for (int64_t k = slice.first_item; k < slice.first_item + slice.count; ++k) items.push_back(expander.ItemAt(k));
+    for (const std::string& stream : {held.stream_id(), target_stream}) {
+      for (const pb::JobReport& last : {testing::ForgedDone(), testing::ForgedFailure()}) {
+        pb::ReportAck ack;
+        const grpc::Status s = mallory.Report(
+            testing::ForgedReport(stream, job_id, "", last.has_done() ? items : std::vector<coordinator::Item>{},
+                                  kModel, last),
+            &ack);
+        ++forged_reports_;
+        if (s.ok() && ack.accepted()) {
+          problems_.push_back(absl::StrCat(name, ": a forged ", last.has_done() ? "report" : "failure", " for job ",
+                                           job_id, " under delivery ", stream, " was accepted"));
+        } else if (s.error_code() == grpc::StatusCode::PERMISSION_DENIED || (s.ok() && !ack.accepted())) {
+          ++forged_reports_refused_;
+        }
+      }
+    }
+  }
+  Say(absl::StrCat(name, ": holds ", held.job_id(), "; forged reports and failures for ", targets,
+                   " other jobs; it vanishes now (its job comes back after the lease)"));
   return absl::OkStatus();
 }
 
@@ -369,6 +436,7 @@ absl::Status ChaosRun::Drive() {
                                                                                                : "stop-coordinator"});
   }
   for (int i = 0; i < c_.redis_restarts; ++i) events.push_back({0.4 + 0.4 * i / std::max(1, c_.redis_restarts), "redis"});
+  for (int i = 0; i < c_.dishonest; ++i) events.push_back({0.15 + 0.6 * (i + 0.5) / c_.dishonest, "dishonest"});
   std::stable_sort(events.begin(), events.end(), [](const Event& a, const Event& b) { return a.at < b.at; });
   size_t next_event = 0;
 
@@ -399,6 +467,7 @@ absl::Status ChaosRun::Drive() {
       if (what == "kill-coordinator") s = RestartCoordinator(true);
       if (what == "stop-coordinator") s = RestartCoordinator(false);
       if (what == "redis") s = RestartRedis();
+      if (what == "dishonest") s = ActDishonestly();
       if (!s.ok()) return s;
       continue;
     }
@@ -479,6 +548,9 @@ json ChaosRun::Check() {
   out["sigstop_outcomes"] = freeze_outcomes_;
   out["coordinator_restarts"] = coordinator_restarts_;
   out["redis_restarts"] = redis_restarts_;
+  out["dishonest_workers"] = dishonest_runs_;
+  out["forged_reports"] = forged_reports_;
+  out["forged_reports_refused"] = forged_reports_refused_;
   if (proxy_) out["coordinator_redis_replies_dropped"] = proxy_->replies_dropped();
 
   const std::string coordinator_log = farm_->CoordinatorLog();
@@ -522,6 +594,15 @@ json ChaosRun::Check() {
   require(out["sweep_state"] == "DONE", "the sweep is not DONE");
   require(last_.done() == expected, "the coordinator counts another number of images");
   require(last_.failed() == 0, "images failed");
+  int64_t forged_rows = 0;
+  for (const json& row : testing::ReadManifest(farm_->output_root() + "/chaos")) {
+    forged_rows += row.contains("parameters") && absl::StrContains(row["parameters"].dump(), "forged prompt");
+  }
+  out["forged_rows_kept"] = forged_rows;
+  require(forged_rows == 0, "a forged image was kept");
+  if (c_.dishonest > 0) {
+    require(dishonest_runs_ >= 1 && forged_reports_refused_ >= 1, "no dishonest worker got to forge a report");
+  }
   require(last_.jobs_done() == last_.jobs(), "not every job is done");
   require(out["redis_jobs_done"] == last_.jobs(), "Redis counts another number of jobs done");
   require(out["queued_left"] == 0 && out["pending_left"] == 0 && out["inflight_left"] == 0,
@@ -576,6 +657,7 @@ int Main(int argc, char** argv) {
   flags.Add("sigstops", "N", "freeze a worker mid-job past its lease this many times", "2");
   flags.Add("coordinator-restarts", "N", "restart the coordinator this many times (SIGKILL, SIGTERM, ...)", "2");
   flags.Add("redis-restarts", "N", "restart redis-server (SIGKILL) this many times", "1");
+  flags.Add("dishonest", "N", "this many dishonest workers forge reports and failures for other workers' jobs", "1");
   flags.Add("max-attempts", "N", "the coordinator's --max-attempts (deliveries before a job is given up)", "10");
   flags.Add("drop-coordinator-redis-replies", "N",
             "lose every N-th Redis reply to the coordinator after the command ran (0: none)", "0");
@@ -615,7 +697,7 @@ int Main(int argc, char** argv) {
       !i64("step-ms", 0, 10000, &c.step_ms) || !i64("steps", 1, 100, &c.steps) ||
       !i64("job-size", 1, 256, &c.job_size) || !i64("sigstops", 0, 100, &c.sigstops) ||
       !i64("coordinator-restarts", 0, 100, &c.coordinator_restarts) ||
-      !i64("redis-restarts", 0, 100, &c.redis_restarts) || !i64("max-attempts", 1, 1000, &c.max_attempts) ||
+      !i64("redis-restarts", 0, 100, &c.redis_restarts) || !i64("dishonest", 0, 100, &c.dishonest) || !i64("max-attempts", 1, 1000, &c.max_attempts) ||
       !i64("drop-coordinator-redis-replies", 0, 1000000, &c.drop_replies_every) ||
       !dbl("lease", 1, 3600, &c.lease) || !dbl("seconds-between-kills", 0, 3600, &c.seconds_between_kills) ||
       !dbl("timeout", 0, 86400, &c.timeout)) {

@@ -77,14 +77,21 @@ TEST_F(JobBindingTest, BoundOnlyForItsConsumerItsJobAndTheInFlightRecord) {
   // The right job id, but the in-flight record points elsewhere.
   ASSERT_TRUE(redis_->Command({"HSET", kInflight, "0", b.stream_id}).ok());
   EXPECT_EQ(Check(Ref("w1", a.stream_id, "s1/0", 0)), Binding::kMismatch);
-  // No in-flight record (finished, cancelled): not held.
+  // No in-flight record (finished, cancelled): gone.
   ASSERT_TRUE(redis_->Command({"HDEL", kInflight, "0"}).ok());
-  EXPECT_EQ(Check(Ref("w1", a.stream_id, "s1/0", 0)), Binding::kNotHeld);
-  // Acknowledged: not held.
+  EXPECT_EQ(Check(Ref("w1", a.stream_id, "s1/0", 0)), Binding::kGone);
+  // Finished (acknowledged, out of the in-flight record): gone, which is
+  // what a worker resending an acknowledged report sees.
   ASSERT_TRUE(queue_->Ack("sd15", b.stream_id).ok());
-  EXPECT_EQ(Check(Ref("w2", b.stream_id, "s1/1", 1)), Binding::kNotHeld);
-  // No stream or group at all: not held, not an error.
-  EXPECT_EQ(Check({"test:jobs:nothing", kInflight, "w1", a.stream_id, "s1/0", 0}), Binding::kNotHeld);
+  ASSERT_TRUE(redis_->Command({"HDEL", kInflight, "1"}).ok());
+  EXPECT_EQ(Check(Ref("w2", b.stream_id, "s1/1", 1)), Binding::kGone);
+  // In flight but never delivered: nobody's, so not held by whoever asks.
+  auto waiting = queue_->Enqueue("sd15", "s1/3", "{}");
+  ASSERT_TRUE(waiting.ok());
+  ASSERT_TRUE(redis_->Command({"HSET", kInflight, "3", *waiting}).ok());
+  EXPECT_EQ(Check(Ref("w1", *waiting, "s1/3", 3)), Binding::kNotHeld);
+  // No stream or group at all: gone, not an error.
+  EXPECT_EQ(Check({"test:jobs:nothing", kInflight, "w1", a.stream_id, "s1/0", 0}), Binding::kGone);
 }
 
 TEST_F(JobBindingTest, RenewalResetsTheIdleTimeOnlyWhenBound) {

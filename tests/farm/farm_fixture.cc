@@ -134,7 +134,7 @@ absl::StatusOr<int> Farm::StartWorker(const WorkerSpec& spec) {
   SpawnOptions o;
   o.argv = {SDFARM_WORKER_BIN, "--coordinator", address_,
             "--model", spec.model_dir.empty() ? options_.model_dir : spec.model_dir,
-            "--batch-size", absl::StrCat(options_.batch_size), "--worker-id", WorkerId(index),
+            "--batch-size", absl::StrCat(options_.batch_size), "--worker-id", spec.worker_id.empty() ? WorkerId(index) : spec.worker_id,
             "--threads", "1"};
   if (!options_.engine.empty()) o.argv.insert(o.argv.end(), {"--engine", options_.engine});
   if (!spec.model_name.empty()) {

@@ -69,6 +69,7 @@ struct FarmOptions {
 struct WorkerSpec {
   std::string model_dir;   // default: FarmOptions::model_dir
   std::string model_name;  // --model-name; default: the folder's name ("tiny-sd" for the synthetic engine)
+  std::string worker_id;   // --worker-id; default: WorkerId(index)
   std::vector<std::string> extra_args;
   std::vector<std::pair<std::string, std::string>> env;  // after FarmOptions::worker_env
 };

@@ -23,6 +23,7 @@
 #include "coordinator/sweep_expander.h"
 #include "coordinator/sweep_spec.h"
 #include "tests/farm/farm_fixture.h"
+#include "tests/farm/hostile_worker.h"
 #include "tests/farm/sweep_check.h"
 #include "worker/engine/png_io.h"
 
@@ -38,107 +39,14 @@ json SweepSpecJson(const std::string& name, const std::string& prompt) {
           {"guidance_scales", {7.5}}, {"steps", 3},       {"sizes", {"64x64"}}};
 }
 
-// A worker written against the proto alone, doing what the protocol lets
-// any holder of the worker token try.
-class HostileWorker {
- public:
-  explicit HostileWorker(Farm* farm)
-      : stub_(pb::WorkerService::NewStub(farm->channel())), token_(farm->worker_token()) {}
-
-  grpc::Status Register(const std::string& worker_id, pb::RegisterResponse* resp) {
-    pb::RegisterRequest req;
-    req.mutable_info()->set_model("tiny-sd");
-    req.mutable_info()->set_model_hash("synthetic");  // what the synthetic workers hold
-    req.mutable_info()->set_host("mallory");
-    req.set_worker_id(worker_id);
-    grpc::ClientContext ctx;
-    PrepareContext(&ctx, token_, absl::Seconds(10));
-    grpc::Status s = stub_->Register(&ctx, req, resp);
-    if (s.ok()) session_ = resp->session();
-    return s;
-  }
-
-  grpc::Status Claim(pb::ClaimResponse* resp, const std::optional<std::string>& session = std::nullopt) {
-    pb::ClaimRequest req;
-    req.set_max_wait_ms(2000);
-    grpc::ClientContext ctx;
-    Prepare(&ctx, session.value_or(session_));
-    return stub_->Claim(&ctx, req, resp);
-  }
-
-  grpc::Status Heartbeat(const pb::HeartbeatRequest& req, pb::HeartbeatResponse* resp) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, session_);
-    return stub_->Heartbeat(&ctx, req, resp);
-  }
-
-  grpc::Status Report(const std::vector<pb::JobReport>& messages, pb::ReportAck* ack) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, session_);
-    auto writer = stub_->ReportJob(&ctx, ack);
-    for (const pb::JobReport& m : messages) {
-      if (!writer->Write(m)) break;
-    }
-    writer->WritesDone();
-    return writer->Finish();
-  }
-
-  const std::string& session() const { return session_; }
-
- private:
-  void Prepare(grpc::ClientContext* ctx, const std::string& session) {
-    PrepareContext(ctx, token_, absl::Seconds(20));
-    if (!session.empty()) ctx->AddMetadata(kSessionMetadataKey, session);
-  }
-
-  std::unique_ptr<pb::WorkerService::Stub> stub_;
-  std::string token_, session_;
-};
-
-// A white 64x64 PNG whose embedded parameters are those of item `seed` of a
-// sweep made by SweepSpecJson: what a forger would send.
-std::string ForgedPng(uint64_t seed) {
-  engine::Image white{64, 64, 3, std::vector<uint8_t>(64 * 64 * 3, 255)};
-  auto png = engine::EncodePng(
-      white, {{"parameters", absl::StrCat("forged prompt\nSteps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: ", seed,
-                                          ", Size: 64x64, Model: tiny-sd")}});
-  return png.ok() ? *png : "";
-}
-
-// A whole forged report for a job: four white images, then `last`.
-std::vector<pb::JobReport> ForgedReport(const std::string& stream_id, const std::string& job_id,
-                                        const std::string& worker_id, bool images, const pb::JobReport& last) {
-  std::vector<pb::JobReport> out;
-  if (images) {
-    for (int i = 0; i < 4; ++i) {
-      pb::JobReport m;
-      m.set_worker_id(worker_id);
-      m.set_job_stream_id(stream_id);
-      m.set_job_id(job_id);
-      m.mutable_image()->set_item_index(i);
-      m.mutable_image()->set_png(ForgedPng(static_cast<uint64_t>(i)));
-      out.push_back(m);
-    }
-  }
-  pb::JobReport end = last;
-  end.set_worker_id(worker_id);
-  end.set_job_stream_id(stream_id);
-  end.set_job_id(job_id);
-  out.push_back(end);
-  return out;
-}
-
-pb::JobReport Done() {
-  pb::JobReport m;
-  m.mutable_done()->set_seconds(1);
-  return m;
-}
-
-pb::JobReport FailedForGood() {
-  pb::JobReport m;
-  m.mutable_failed()->set_error("forged: this job can never succeed");
-  m.mutable_failed()->set_retryable(false);
-  return m;
+// The four items of job 0 of a sweep made by SweepSpecJson.
+std::vector<coordinator::Item> JobItems(const json& spec) {
+  auto parsed = coordinator::SweepSpec::FromJson(spec, coordinator::SweepLimits{}, 0);
+  std::vector<coordinator::Item> items;
+  if (!parsed.ok()) return items;
+  coordinator::SweepExpander expander(*parsed, 4);
+  for (int64_t i = 0; i < 4; ++i) items.push_back(expander.ItemAt(i));
+  return items;
 }
 
 int PngFiles(const std::string& dir) {
@@ -177,9 +85,9 @@ TEST(HostileWorker, CannotWriteIntoOrFailAnotherSweepsJobNorSpeakAsAnotherWorker
   FARM_ASSERT_OK_AND_ASSIGN(std::string alpha_id, farm->Submit(alpha.dump()));
   FARM_ASSERT_OK_AND_ASSIGN(std::string bravo_id, farm->Submit(bravo.dump()));
 
-  HostileWorker mallory(farm.get());
+  HostileWorker mallory(farm->channel(), farm->worker_token());
   pb::RegisterResponse reg;
-  ASSERT_TRUE(mallory.Register("mallory", &reg).ok());
+  ASSERT_TRUE(mallory.Register("mallory", "tiny-sd", "synthetic", &reg).ok());
   ASSERT_EQ(reg.session().size(), 32u) << "a 128-bit session secret in hex";
 
   // Without its session, or with a made-up one, a worker is nobody.
@@ -214,20 +122,22 @@ TEST(HostileWorker, CannotWriteIntoOrFailAnotherSweepsJobNorSpeakAsAnotherWorker
   }
   ASSERT_FALSE(target_stream_id.empty()) << "the target job was never enqueued";
   const std::string target_dir = farm->output_root() + "/" + target_name;
+  const std::vector<coordinator::Item> target_items = JobItems(target_spec), none;
+  ASSERT_EQ(target_items.size(), 4u);
 
   // 1. Images for the target job under the delivery it holds: refused whole.
   pb::ReportAck ack;
-  grpc::Status s = mallory.Report(ForgedReport(held.stream_id(), target_job, "", true, Done()), &ack);
+  grpc::Status s = mallory.Report(ForgedReport(held.stream_id(), target_job, "", target_items, "tiny-sd", ForgedDone()), &ack);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
   // 2. Under the target's own delivery, which it does not hold: discarded.
   ack.Clear();
-  s = mallory.Report(ForgedReport(target_stream_id, target_job, "", true, Done()), &ack);
+  s = mallory.Report(ForgedReport(target_stream_id, target_job, "", target_items, "tiny-sd", ForgedDone()), &ack);
   EXPECT_TRUE(s.ok() && !ack.accepted()) << s.error_message();
   // 3. Dead-lettering the target job, both ways: refused, nothing counted.
-  s = mallory.Report(ForgedReport(held.stream_id(), target_job, "", false, FailedForGood()), &ack);
+  s = mallory.Report(ForgedReport(held.stream_id(), target_job, "", none, "tiny-sd", ForgedFailure()), &ack);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
   ack.Clear();
-  s = mallory.Report(ForgedReport(target_stream_id, target_job, "", false, FailedForGood()), &ack);
+  s = mallory.Report(ForgedReport(target_stream_id, target_job, "", none, "tiny-sd", ForgedFailure()), &ack);
   EXPECT_TRUE(s.ok() && !ack.accepted()) << s.error_message();
   EXPECT_EQ(PngFiles(target_dir), 0);
   EXPECT_TRUE(ReadManifest(target_dir).empty());
@@ -279,12 +189,14 @@ TEST(HostileWorker, CannotWriteIntoOrFailAnotherSweepsJobNorSpeakAsAnotherWorker
     hb.set_exiting(true);
     pb::HeartbeatResponse resp;
     EXPECT_EQ(mallory.Heartbeat(hb, &resp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
-    s = mallory.Report(ForgedReport(held.stream_id(), held.job_id(), honest_id, true, Done()), &ack);
+    s = mallory.Report(ForgedReport(held.stream_id(), held.job_id(), honest_id, JobItems(holds_alpha ? alpha : bravo),
+                                     "tiny-sd", ForgedDone()),
+                        &ack);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
     // Nor can it take over the live worker's id by registering under it.
-    HostileWorker twin(farm.get());
+    HostileWorker twin(farm->channel(), farm->worker_token());
     pb::RegisterResponse twin_reg;
-    EXPECT_EQ(twin.Register(honest_id, &twin_reg).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+    EXPECT_EQ(twin.Register(honest_id, "tiny-sd", "synthetic", &twin_reg).error_code(), grpc::StatusCode::ALREADY_EXISTS);
     FARM_ASSERT_OK_AND_ASSIGN(pb::WorkersResponse workers, farm->Workers());
     bool listed = false;
     for (const auto& w : workers.workers()) {
@@ -312,9 +224,9 @@ TEST(HostileWorker, TheWorkerRoleGetsNoWayIntoRedis) {
   FARM_ASSERT_OK_AND_ASSIGN(auto farm, Farm::Start({.workers = 2,
                                                     .engine = "synthetic:2",
                                                     .redis = {.password = password}}));
-  HostileWorker mallory(farm.get());
+  HostileWorker mallory(farm->channel(), farm->worker_token());
   pb::RegisterResponse reg;
-  ASSERT_TRUE(mallory.Register("mallory", &reg).ok());
+  ASSERT_TRUE(mallory.Register("mallory", "tiny-sd", "synthetic", &reg).ok());
   // Nothing in the answer, known fields or not, names Redis or its password.
   const std::string bytes = reg.SerializeAsString();
   EXPECT_EQ(bytes.find(password), std::string::npos);
