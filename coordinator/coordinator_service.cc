@@ -338,7 +338,6 @@ if ARGV[3] ~= '0' then redis.call('HSET', KEYS[1], 'recoveries', ARGV[3], 'last_
 return 1
 )lua";
 
-// KEYS: sweep hash. Resumes the sweep; 0 when its state is gone from Redis.
 // KEYS: sweep hash. ARGV: recoveries, last repair. Records the repairs of
 // the sweep's state (see sweep_adopt.h); 0 when its state is gone.
 constexpr char kNoteRepairScript[] = R"lua(
@@ -347,6 +346,7 @@ redis.call('HSET', KEYS[1], 'recoveries', ARGV[1], 'last_repair', ARGV[2])
 return 1
 )lua";
 
+// KEYS: sweep hash. Resumes the sweep; 0 when its state is gone from Redis.
 constexpr char kResumeScript[] = R"lua(
 if redis.call('HEXISTS', KEYS[1], 'spec') == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'running')
