@@ -331,11 +331,21 @@ redis.call('HSET', KEYS[3], ARGV[2], id)
 return id
 )lua";
 
-// KEYS: sweep hash. ARGV: done, finished ms. Marks the sweep done; 0 (and
-// nothing written) when its state is gone from Redis (see sweep_adopt.h).
+// KEYS: sweep hash. ARGV: done, finished ms, recoveries, last repair. Marks
+// the sweep done (with its repairs, see kNoteRepairScript); 0 (and nothing
+// written) when its state is gone from Redis (see sweep_adopt.h).
 constexpr char kMarkDoneScript[] = R"lua(
 if redis.call('HEXISTS', KEYS[1], 'spec') == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'done', ARGV[1], 'finished_ms', ARGV[2])
+if ARGV[3] ~= '0' then redis.call('HSET', KEYS[1], 'recoveries', ARGV[3], 'last_repair', ARGV[4]) end
+return 1
+)lua";
+
+// KEYS: sweep hash. ARGV: recoveries, last repair. Records the repairs of
+// the sweep's state (see sweep_adopt.h); 0 when its state is gone.
+constexpr char kNoteRepairScript[] = R"lua(
+if redis.call('HEXISTS', KEYS[1], 'spec') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'recoveries', ARGV[1], 'last_repair', ARGV[2])
 return 1
 )lua";
 
@@ -411,6 +421,11 @@ struct Sweep {
   // done, and whether the last repair failed (nothing is scheduled then).
   int recoveries = 0;
   bool state_lost = false;
+  // Kept in the sweep's hash too (recoveries, last_repair), so that a
+  // restarted coordinator still reports them; saved by the reconciler.
+  int saved_recoveries = 0;
+  std::string last_repair;
+  absl::Time last_rollback = absl::InfinitePast();  // one rollback seen by several checks is one repair
   uint64_t version = 1;  // bumped on every change a watcher should see
   uint64_t seq = 0;      // numbering of recent_files / recent_failures
   std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures, recent_warnings;
@@ -846,6 +861,12 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
     }
   }
   s->state = ParseState(f["state"]);
+  s->recoveries = s->saved_recoveries = static_cast<int>(num("recoveries"));
+  s->last_repair = f["last_repair"];
+  if (!s->last_repair.empty()) {
+    s->warnings.insert(s->last_repair);
+    s->recent_warnings.emplace_back(++s->seq, s->last_repair);
+  }
   s->next_job = num("next_job");
   s->jobs_done = num("jobs_done");
   s->done = num("done");
@@ -870,9 +891,10 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
           ", but images of later jobs are recorded): Redis lost acknowledged writes (a rollback). Jobs Redis forgot "
           "are handed out again; images on disk are kept and recorded once");
       Log(absl::StrCat("ERROR: sweep ", s->name, " (", id, "): ", text));
-      s->warnings.insert(text);
-      s->recent_warnings.emplace_back(++s->seq, text);
       ++s->recoveries;
+      s->last_repair = absl::StrCat("repair ", s->recoveries, ": ", text);
+      s->warnings.insert(s->last_repair);
+      s->recent_warnings.emplace_back(++s->seq, s->last_repair);
     }
   }
   return s;
@@ -1040,13 +1062,18 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
 }
 
 void Coordinator::Impl::MaybeFinish(Sweep& s, RedisClient* redis) {
+  int recoveries = 0;
+  std::string last_repair;
   {
     absl::MutexLock lock(&mu_);
     if (s.state != State::kRunning && s.state != State::kPaused) return;
     if (s.jobs_done < s.jobs) return;
+    recoveries = s.recoveries;
+    last_repair = s.last_repair;
   }
   // Every job is acknowledged or dead-lettered: the sweep is complete.
-  auto r = Eval(redis, {"EVAL", kMarkDoneScript, "1", SweepKey(s.id), absl::StrCat(s.done), absl::StrCat(NowMs())});
+  auto r = Eval(redis, {"EVAL", kMarkDoneScript, "1", SweepKey(s.id), absl::StrCat(s.done), absl::StrCat(NowMs()),
+                        absl::StrCat(recoveries), last_repair});
   if (!r.ok()) {
     Log(absl::StrCat("sweep ", s.name, ": cannot record completion: ", r.status().ToString()));
     return;
@@ -2063,8 +2090,9 @@ absl::Status Coordinator::Impl::AdoptCached(Sweep& s, RedisClient* redis, const 
     s.jobs_done = 0;
     s.failed = 0;
     ++s.recoveries;
-    Warn(s, absl::StrCat("repair ", s.recoveries, ": ", why, "; rebuilt from the folder: ", on_disk, " of ", s.total,
-                         " images on disk kept, the rest rendered again"));
+    s.last_repair = absl::StrCat("repair ", s.recoveries, ": ", why, "; rebuilt from the folder: ", on_disk, " of ",
+                                 s.total, " images on disk kept, the rest rendered again");
+    Warn(s, s.last_repair);
     Log(absl::StrCat("sweep ", s.name, " (", s.id, ") rebuilt in Redis from ", s.output_dir, ": ", on_disk, " of ",
                      s.total, " images on disk are kept; ", s.total - on_disk, " to render"));
   }
@@ -2095,11 +2123,11 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::AdoptFolder(const std:
   if (*adopted) {
     std::error_code ec;
     std::filesystem::remove(opt_.output_root + "/" + name + "/" + kRemovedMarker, ec);
-    sweep->recoveries = 1;
-    const std::string text = absl::StrCat("adopted from its folder (", why, "): ", sweep->done, " of ", sweep->total,
-                                          " images on disk kept, the rest rendered");
-    sweep->warnings.insert(text);
-    sweep->recent_warnings.emplace_back(++sweep->seq, text);
+    ++sweep->recoveries;
+    sweep->last_repair = absl::StrCat("repair ", sweep->recoveries, ": adopted from its folder (", why, "): ",
+                                      sweep->done, " of ", sweep->total, " images on disk kept, the rest rendered");
+    sweep->warnings.insert(sweep->last_repair);
+    sweep->recent_warnings.emplace_back(++sweep->seq, sweep->last_repair);
     Log(absl::StrCat("sweep ", name, " (", id, ") adopted from ", opt_.output_root, "/", name, " (", why, "): ",
                      sweep->done, " of ", sweep->total, " images on disk are kept; ", sweep->total - sweep->done,
                      " to render"));
@@ -2393,15 +2421,38 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
       s.jobs_done = std::max(s.jobs_done, jobs_done);
     }
   }
+  // Repairs noted since the last pass go into the sweep's hash, so that a
+  // restarted coordinator still reports them.
+  int recoveries = 0;
+  bool unsaved = false;
+  std::string last_repair;
+  {
+    absl::MutexLock lock(&mu_);
+    recoveries = s.recoveries;
+    unsaved = s.recoveries != s.saved_recoveries;
+    last_repair = s.last_repair;
+  }
+  if (unsaved) {
+    ASSIGN_OR_RETURN(RedisReply r, Eval(redis.get(), {"EVAL", kNoteRepairScript, "1", SweepKey(s.id),
+                                                      absl::StrCat(recoveries), last_repair}));
+    absl::MutexLock lock(&mu_);
+    if (r.AsInt().value_or(0) == 1) s.saved_recoveries = recoveries;
+  }
   MaybeFinish(s, redis.get());
   return absl::OkStatus();
 }
 
 void Coordinator::Impl::NoteRollback(Sweep& s, const std::string& what) {
+  wake_scheduler_ = true;
+  const absl::Time now = absl::Now();
+  if (now - s.last_rollback < 2 * kReconcileInterval) return;  // the same rollback, seen by another check
+  s.last_rollback = now;
   ++s.recoveries;
-  Warn(s, absl::StrCat("repair ", s.recoveries, ": Redis's state of this sweep went back (", what,
-                       "): Redis lost acknowledged writes (a crash without appendfsync always, or an older copy "
-                       "restored). The jobs it forgot are handed out again; images on disk are kept and recorded once"));
+  s.last_repair = absl::StrCat("repair ", s.recoveries, ": Redis's state of this sweep went back (", what,
+                               "): Redis lost acknowledged writes (a crash without appendfsync always, or an older "
+                               "copy restored). The jobs it forgot are handed out again; images on disk are kept and "
+                               "recorded once");
+  Warn(s, s.last_repair);
   Log(absl::StrCat("ERROR: sweep ", s.name, " (", s.id, "): Redis's state went back (", what,
                    "); resynced the coordinator's cache from Redis"));
   wake_scheduler_ = true;

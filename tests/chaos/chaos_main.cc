@@ -19,7 +19,13 @@
 //     jobs (white images carrying the right parameters), every one of which
 //     must be refused, then vanishes holding its job;
 //   - optionally (--drop-coordinator-redis-replies N) every N-th Redis reply
-//     to the coordinator is lost after the command ran.
+//     to the coordinator is lost after the command ran;
+//   - --second-coordinators times a second sdfarm-coordinator is started on
+//     the same output root, then on another root with the same Redis: both
+//     must refuse to start (lock, leader lease) and change nothing;
+//   - --redis-rollbacks times Redis's data folder is copied and, later in the
+//     sweep, redis-server is killed and started from the copy: the
+//     coordinator must notice, report and repair the rollback.
 //
 // At the end it checks the output folder (exactly the expected images, each a
 // valid PNG whose embedded parameters match its metadata.jsonl row and its
@@ -34,6 +40,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -86,6 +93,8 @@ struct Config {
   int coordinator_restarts = 2;
   int redis_restarts = 1;
   int dishonest = 1;  // dishonest workers (forged reports for other workers' jobs)
+  int second_coordinators = 1;
+  int redis_rollbacks = 1;
   int max_attempts = 10;
   int drop_replies_every = 0;
   double timeout = 0;  // 0: from the sweep's size
@@ -140,6 +149,9 @@ class ChaosRun {
   // other in-flight jobs (under its own delivery and under theirs), then
   // vanishes holding its job. Every forged report must be refused.
   absl::Status ActDishonestly();
+  absl::Status StartASecondCoordinator();
+  absl::Status CopyRedisData();
+  absl::Status RollRedisBack();
 
   RedisClient* redis();
   std::optional<pb::SweepStatus> Poll();
@@ -158,6 +170,8 @@ class ChaosRun {
 
   int worker_kills_ = 0, workers_started_ = 0, sigstops_ = 0, coordinator_restarts_ = 0, redis_restarts_ = 0;
   int freezes_with_late_report_ = 0;  // the frozen worker reported late and was refused
+  int second_coordinators_refused_ = 0, redis_rollbacks_ = 0;
+  std::vector<std::string> second_coordinator_problems_;
   std::vector<std::string> freeze_outcomes_;
   int dishonest_runs_ = 0, forged_reports_ = 0, forged_reports_refused_ = 0;
 };
@@ -308,6 +322,59 @@ absl::Status ChaosRun::ActDishonestly() {
   return absl::OkStatus();
 }
 
+// A second coordinator on the same root (refused at once: the lock), then on
+// another root with the same Redis (refused after waiting for the lease).
+absl::Status ChaosRun::StartASecondCoordinator() {
+  const std::vector<std::pair<std::string, std::string>> env = {{"SDFARM_CLIENT_TOKEN", farm_->client_token()},
+                                                                {"SDFARM_WORKER_TOKEN", farm_->worker_token()}};
+  int refused = 0;
+  for (const std::string& root : {farm_->output_root(), farm_->dir() + "/second-root"}) {
+    Say(absl::StrCat("a second coordinator on ", root == farm_->output_root() ? "the same root" : "another root",
+                     " (must be refused)"));
+    testing::RunResult r = testing::RunProgram(
+        {SDFARM_COORDINATOR_BIN, "--listen", "127.0.0.1:0", "--redis-url", farm_->redis()->url(), "--output-root",
+         root, "--leader-lease", "3"},
+        env, absl::Seconds(60));
+    const bool ok = r.exit_code == 1 && absl::StrContains(r.output, "another coordinator");
+    if (ok) {
+      ++refused;
+    } else {
+      second_coordinator_problems_.push_back(absl::StrCat("a second coordinator on ", root, " exited with ",
+                                                          r.exit_code, ": ", r.output.substr(0, 400)));
+    }
+  }
+  if (refused == 2) ++second_coordinators_refused_;
+  return absl::OkStatus();
+}
+
+absl::Status ChaosRun::CopyRedisData() {
+  const std::string copy = farm_->dir() + "/redis-copy";
+  std::error_code ec;
+  std::filesystem::remove_all(copy, ec);
+  std::filesystem::copy(farm_->redis()->data_dir(), copy, std::filesystem::copy_options::recursive, ec);
+  if (ec) return absl::InternalError("cannot copy Redis's data: " + ec.message());
+  Say("copied Redis's data folder (for a rollback later)");
+  return absl::OkStatus();
+}
+
+absl::Status ChaosRun::RollRedisBack() {
+  Say("redis-server: SIGKILL and start again from the older copy of its data (a rollback)");
+  const std::string copy = farm_->dir() + "/redis-copy";
+  if (auto s = farm_->redis()->Kill(); !s.ok()) return s;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(farm_->redis()->data_dir(), ec)) {
+    std::filesystem::remove_all(e.path(), ec);
+  }
+  std::filesystem::copy(copy, farm_->redis()->data_dir(),
+                        std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing,
+                        ec);
+  if (ec) return absl::InternalError("cannot restore Redis's data: " + ec.message());
+  redis_.reset();
+  if (auto s = farm_->redis()->Restart(); !s.ok()) return s;
+  ++redis_rollbacks_;
+  return absl::OkStatus();
+}
+
 absl::Status ChaosRun::RestartRedis() {
   Say("redis-server: SIGKILL and start again (AOF, appendfsync always)");
   if (auto s = farm_->RestartRedis(/*crash=*/true); !s.ok()) return s;
@@ -437,6 +504,16 @@ absl::Status ChaosRun::Drive() {
   }
   for (int i = 0; i < c_.redis_restarts; ++i) events.push_back({0.4 + 0.4 * i / std::max(1, c_.redis_restarts), "redis"});
   for (int i = 0; i < c_.dishonest; ++i) events.push_back({0.15 + 0.6 * (i + 0.5) / c_.dishonest, "dishonest"});
+  for (int i = 0; i < c_.second_coordinators; ++i) {
+    events.push_back({0.15 + 0.6 * i / std::max(1, c_.second_coordinators), "second-coordinator"});
+  }
+  // Copied after the first coordinator restart (25 %), rolled back to
+  // before the second (70 %): the copy holds the running coordinator's lease.
+  for (int i = 0; i < c_.redis_rollbacks; ++i) {
+    const double from = 0.3 + 0.3 * i / std::max(1, c_.redis_rollbacks);
+    events.push_back({from, "copy-redis"});
+    events.push_back({from + 0.25 / std::max(1, c_.redis_rollbacks), "rollback-redis"});
+  }
   std::stable_sort(events.begin(), events.end(), [](const Event& a, const Event& b) { return a.at < b.at; });
   size_t next_event = 0;
 
@@ -468,6 +545,9 @@ absl::Status ChaosRun::Drive() {
       if (what == "stop-coordinator") s = RestartCoordinator(false);
       if (what == "redis") s = RestartRedis();
       if (what == "dishonest") s = ActDishonestly();
+      if (what == "second-coordinator") s = StartASecondCoordinator();
+      if (what == "copy-redis") s = CopyRedisData();
+      if (what == "rollback-redis") s = RollRedisBack();
       if (!s.ok()) return s;
       continue;
     }
@@ -551,6 +631,10 @@ json ChaosRun::Check() {
   out["dishonest_workers"] = dishonest_runs_;
   out["forged_reports"] = forged_reports_;
   out["forged_reports_refused"] = forged_reports_refused_;
+  out["second_coordinators_refused"] = second_coordinators_refused_;
+  out["redis_rollbacks"] = redis_rollbacks_;
+  out["sweep_recoveries"] = last_.recoveries();
+  out["rollbacks_reported"] = CountOf(farm_->CoordinatorLog(), "Redis's state went back");
   if (proxy_) out["coordinator_redis_replies_dropped"] = proxy_->replies_dropped();
 
   const std::string coordinator_log = farm_->CoordinatorLog();
@@ -612,6 +696,10 @@ json ChaosRun::Check() {
   require(coordinator_restarts_ == c_.coordinator_restarts, "not every coordinator restart happened (sweep too fast?)");
   require(redis_restarts_ == c_.redis_restarts, "not every Redis restart happened (sweep too fast?)");
   require(sigstops_ == c_.sigstops, "not every SIGSTOP happened (sweep too fast?)");
+  for (const std::string& p : second_coordinator_problems_) require(false, p);
+  require(second_coordinators_refused_ == c_.second_coordinators, "a second coordinator was not refused");
+  require(redis_rollbacks_ == c_.redis_rollbacks, "not every Redis rollback happened (sweep too fast?)");
+  require(last_.recoveries() >= c_.redis_rollbacks, "a Redis rollback was not reported in the sweep's status");
   if (c_.require_late_report && c_.sigstops > 0) {
     require(freezes_with_late_report_ >= 1 && out["discarded_late_results"].get<int64_t>() >= 1,
             "no frozen worker's late report was refused");
@@ -658,6 +746,13 @@ int Main(int argc, char** argv) {
   flags.Add("coordinator-restarts", "N", "restart the coordinator this many times (SIGKILL, SIGTERM, ...)", "2");
   flags.Add("redis-restarts", "N", "restart redis-server (SIGKILL) this many times", "1");
   flags.Add("dishonest", "N", "this many dishonest workers forge reports and failures for other workers' jobs", "1");
+  flags.Add("second-coordinators", "N",
+            "start a second coordinator (same root, then another root on the same Redis) this many times; each must "
+            "be refused",
+            "1");
+  flags.Add("redis-rollbacks", "N",
+            "copy Redis's data folder and, later, restart redis-server from the copy (a rollback) this many times",
+            "1");
   flags.Add("max-attempts", "N", "the coordinator's --max-attempts (deliveries before a job is given up)", "10");
   flags.Add("drop-coordinator-redis-replies", "N",
             "lose every N-th Redis reply to the coordinator after the command ran (0: none)", "0");
@@ -698,6 +793,8 @@ int Main(int argc, char** argv) {
       !i64("job-size", 1, 256, &c.job_size) || !i64("sigstops", 0, 100, &c.sigstops) ||
       !i64("coordinator-restarts", 0, 100, &c.coordinator_restarts) ||
       !i64("redis-restarts", 0, 100, &c.redis_restarts) || !i64("dishonest", 0, 100, &c.dishonest) || !i64("max-attempts", 1, 1000, &c.max_attempts) ||
+      !i64("second-coordinators", 0, 100, &c.second_coordinators) ||
+      !i64("redis-rollbacks", 0, 100, &c.redis_rollbacks) ||
       !i64("drop-coordinator-redis-replies", 0, 1000000, &c.drop_replies_every) ||
       !dbl("lease", 1, 3600, &c.lease) || !dbl("seconds-between-kills", 0, 3600, &c.seconds_between_kills) ||
       !dbl("timeout", 0, 86400, &c.timeout)) {

@@ -503,6 +503,14 @@ TEST(ExitCodes, FollowTheSweepsEnd) {
   EXPECT_EQ(ExitCodeForSweep(Status(10, 0, 10, v1::DONE)), kExitOk);
   EXPECT_EQ(ExitCodeForSweep(Status(9, 1, 10, v1::DONE)), kExitSweepFailed);
   EXPECT_EQ(ExitCodeForSweep(Status(3, 0, 10, v1::CANCELLED)), kExitSweepCancelled);
+  // Redis lost the sweep's state and the coordinator could not rebuild it.
+  v1::SweepStatus lost = Status(3, 0, 10, v1::RUNNING);
+  lost.set_state_lost(true);
+  EXPECT_EQ(ExitCodeForSweep(lost), kExitSweepStateLost);
+  // A loss it repaired leaves the ordinary outcome.
+  v1::SweepStatus repaired = Status(10, 0, 10, v1::DONE);
+  repaired.set_recoveries(2);
+  EXPECT_EQ(ExitCodeForSweep(repaired), kExitOk);
 }
 
 // ---------------------------------------------------- local mode --

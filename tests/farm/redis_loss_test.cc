@@ -119,6 +119,12 @@ TEST(RedisLossTest, ARollbackMidSweepIsReportedAndRepaired) {
   EXPECT_TRUE(absl::StrContains(farm->CoordinatorLog(), "Redis's state went back")) << farm->CoordinatorLog();
   const SweepFolderCheck check = CheckFolder(*farm, spec);
   EXPECT_TRUE(check.ok()) << check.Summary();
+  // The repair is kept in Redis: a restarted coordinator still reports it.
+  ASSERT_TRUE(farm->StopCoordinator().ok());
+  ASSERT_TRUE(farm->StartCoordinator().ok()) << farm->Logs();
+  FARM_ASSERT_OK_AND_ASSIGN(pb::SweepStatus after, farm->Status(id));
+  EXPECT_EQ(after.recoveries(), st.recoveries());
+  EXPECT_TRUE(absl::StrContains(Warnings(after), "went back")) << Warnings(after);
 }
 
 TEST(RedisLossTest, ACoordinatorRestartedAfterAFlushallAdoptsTheSweepFromItsFolder) {
