@@ -11,6 +11,7 @@
 #include <dlfcn.h>
 #include <malloc.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -651,6 +652,26 @@ GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& 
     p.extra.push_back({"Lora hashes", hashes});
     if (!weights.empty()) p.extra.push_back({"Lora weights", weights});
   }
+  // SDXL settings A1111 has no field for (its SDXL infotext is the SD one:
+  // one prompt, micro-conditioning = the image size), written only when they
+  // differ from those defaults, under keys A1111 keeps as they are.
+  if (!item.prompt_2.empty() && item.prompt_2 != item.prompt) p.extra.push_back({"Prompt 2", item.prompt_2});
+  if (!item.negative_prompt_2.empty() && item.negative_prompt_2 != item.negative_prompt) {
+    p.extra.push_back({"Negative prompt 2", item.negative_prompt_2});
+  }
+  auto micro = [&](const MicroConditioning& m, const std::string& prefix) {
+    const std::array<double, 6> v = SdxlTimeIds(m, width, height);  // (orig h, w, top, left, target h, w)
+    if (v[0] != height || v[1] != width) {
+      p.extra.push_back({prefix + "Original size", FormatNumber(v[1]) + "x" + FormatNumber(v[0])});
+    }
+    if (v[2] != 0 || v[3] != 0) p.extra.push_back({prefix + "Crop top-left", FormatNumber(v[2]) + "," + FormatNumber(v[3])});
+    if (v[4] != height || v[5] != width) {
+      p.extra.push_back({prefix + "Target size", FormatNumber(v[5]) + "x" + FormatNumber(v[4])});
+    }
+  };
+  micro(item.micro, "");
+  if (HasNegativeMicroConditioning(item)) micro(item.negative_micro, "Negative ");
+  if (item.guidance_rescale > 0) p.extra.push_back({"Guidance rescale", FormatNumber(item.guidance_rescale)});
   // A1111 adds "Eta DDIM" while sampling, after the networks' "Lora hashes".
   if (!a1111.eta_ddim.empty()) p.extra.push_back({"Eta DDIM", std::string(a1111.eta_ddim)});
   p.extra.push_back({"Version", std::string(version)});

@@ -236,6 +236,13 @@ std::vector<Image> PreviewImages(const at::Tensor& latents);
 // "Lora hashes: "name: hash, ..."" and their scales as "Lora weights:
 // "name: scale, ..."". The prompt is written as given: a `<lora:name:scale>`
 // tag appears only when the user wrote one.
+// SDXL: A1111 writes SDXL images like SD ones (one prompt; its micro-
+// conditioning is always the image size), so only settings that differ from
+// that are added, as extra keys A1111 keeps: "Prompt 2", "Negative prompt 2"
+// (when set and different from the first), "Original size" / "Target size"
+// (WxH) and "Crop top-left" (TOP,LEFT) when not the defaults, the same with a
+// "Negative " prefix when the negative micro-conditioning applies, and
+// "Guidance rescale" when > 0.
 GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& request, const RenderItem& item,
                                    int width, int height, std::string_view version,
                                    const std::vector<LoraInfo>& loras = {});
