@@ -8,16 +8,21 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "tests/engine/golden.h"
 #include "worker/engine/component_loader.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/model_loader.h"
+#include "worker/engine/safetensors.h"
 #include "worker/engine/sdxl_conditioning.h"
 
 namespace sdfarm::engine {
+// single_file_test.cc: tiny-sd-vae-alt's weights (= tiny-sdxl's VAE) written as an LDM VAE file.
+std::string WriteLdmVaeForTest(const std::string& prefix);
 namespace {
 
 namespace fs = std::filesystem;
@@ -333,6 +338,150 @@ TEST(SdxlRequests, GuidanceRescaleAndNegativeMicroConditioningChangeTheImageAndS
       EXPECT_EQ(MaxAbsDiff(lp, ls), 0.0);
     }
   }
+}
+
+// ---- SDXL single-file checkpoints (original Stability / A1111 layout) ----
+
+// A diffusers UNet name -> the LDM (sgm) name, the direction of diffusers'
+// convert_diffusers_to_original_sdxl.py / the reverse of single_file_utils'
+// convert_ldm_unet_checkpoint, written independently of the loader. L = 1
+// layer per block (tiny-sdxl); `attn[i]`: up block i has attentions.
+std::string DiffusersUnetToLdm(const std::string& k, int L, const std::vector<bool>& up_attn) {
+  auto starts = [&](const std::string& p) { return k.rfind(p, 0) == 0; };
+  auto rest_after = [&](int dots) {  // the key after its first `dots` components
+    size_t pos = 0;
+    for (int d = 0; d < dots; ++d) pos = k.find('.', pos) + 1;
+    return k.substr(pos);
+  };
+  auto index = [&](int component) {
+    size_t pos = 0;
+    for (int d = 0; d < component; ++d) pos = k.find('.', pos) + 1;
+    return std::stoi(k.substr(pos, k.find('.', pos) - pos));
+  };
+  auto resnet = [](std::string r) {
+    static const std::pair<const char*, const char*> kMap[] = {
+        {"norm1.", "in_layers.0."},   {"conv1.", "in_layers.2."},  {"time_emb_proj.", "emb_layers.1."},
+        {"norm2.", "out_layers.0."},  {"conv2.", "out_layers.3."}, {"conv_shortcut.", "skip_connection."}};
+    for (const auto& [from, to] : kMap) {
+      if (r.rfind(from, 0) == 0) return std::string(to) + r.substr(std::strlen(from));
+    }
+    return r;
+  };
+  static const std::pair<const char*, const char*> kTop[] = {
+      {"time_embedding.linear_1.", "time_embed.0."}, {"time_embedding.linear_2.", "time_embed.2."},
+      {"add_embedding.linear_1.", "label_emb.0.0."}, {"add_embedding.linear_2.", "label_emb.0.2."},
+      {"conv_in.", "input_blocks.0.0."},             {"conv_norm_out.", "out.0."},
+      {"conv_out.", "out.2."}};
+  for (const auto& [from, to] : kTop) {
+    if (starts(from)) return std::string(to) + k.substr(std::strlen(from));
+  }
+  if (starts("down_blocks.")) {
+    const int i = index(1);
+    if (k.find(".downsamplers.0.conv.") != std::string::npos) {
+      return "input_blocks." + std::to_string((i + 1) * (L + 1)) + ".0.op." + rest_after(5);
+    }
+    const int j = index(3);
+    const bool attn = k.find(".attentions.") != std::string::npos;
+    const std::string block = "input_blocks." + std::to_string(1 + i * (L + 1) + j);
+    return attn ? block + ".1." + rest_after(4) : block + ".0." + resnet(rest_after(4));
+  }
+  if (starts("mid_block.")) {
+    if (starts("mid_block.attentions.0.")) return "middle_block.1." + rest_after(3);
+    return "middle_block." + std::to_string(index(2) == 0 ? 0 : 2) + "." + resnet(rest_after(3));
+  }
+  if (starts("up_blocks.")) {
+    const int i = index(1);
+    if (k.find(".upsamplers.0.conv.") != std::string::npos) {
+      return "output_blocks." + std::to_string(i * (L + 1) + L) + "." + (up_attn[i] ? "2" : "1") + ".conv." +
+             rest_after(5);
+    }
+    const int j = index(3);
+    const bool attn = k.find(".attentions.") != std::string::npos;
+    const std::string block = "output_blocks." + std::to_string(i * (L + 1) + j);
+    return attn ? block + ".1." + rest_after(4) : block + ".0." + resnet(rest_after(4));
+  }
+  ADD_FAILURE() << "unmapped UNet key " << k;
+  return k;
+}
+
+// tiny-sdxl as one LDM-layout file: conditioner.embedders.0.transformer.* (CLIP-L, transformers' names),
+// conditioner.embedders.1.model.* (OpenCLIP: fused in_proj, text_projection transposed),
+// model.diffusion_model.*, first_stage_model.*.
+std::string WriteSdxlSingleFile() {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  auto read = [](const std::string& rel) {
+    auto t = ReadSafetensors(ModelPath("tiny-sdxl/" + rel));
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    return t.ok() ? *t : std::map<std::string, at::Tensor>{};
+  };
+  for (auto& [name, t] : read("unet/diffusion_pytorch_model.safetensors")) {
+    out.emplace_back("model.diffusion_model." + DiffusersUnetToLdm(name, 1, {true, false}), t);
+  }
+  for (auto& [name, t] : read("text_encoder/model.safetensors")) {
+    out.emplace_back("conditioner.embedders.0.transformer." + name, t);
+  }
+  auto te2 = read("text_encoder_2/model.safetensors");
+  const std::string p2 = "conditioner.embedders.1.model.";
+  std::set<std::string> used;
+  auto take = [&](const std::string& name) {
+    used.insert(name);
+    return te2.at(name);
+  };
+  out.emplace_back(p2 + "token_embedding.weight", take("text_model.embeddings.token_embedding.weight"));
+  out.emplace_back(p2 + "positional_embedding", take("text_model.embeddings.position_embedding.weight"));
+  out.emplace_back(p2 + "ln_final.weight", take("text_model.final_layer_norm.weight"));
+  out.emplace_back(p2 + "ln_final.bias", take("text_model.final_layer_norm.bias"));
+  out.emplace_back(p2 + "text_projection", take("text_projection.weight").t().contiguous());
+  out.emplace_back(p2 + "logit_scale", at::tensor(4.6052f));  // stored by real files, unused
+  for (int l = 0; l < 3; ++l) {
+    const std::string hf = "text_model.encoder.layers." + std::to_string(l) + ".";
+    const std::string oc = p2 + "transformer.resblocks." + std::to_string(l) + ".";
+    for (const char* kind : {"weight", "bias"}) {
+      const std::string k = kind;
+      out.emplace_back(oc + "attn.in_proj_" + k, at::cat({take(hf + "self_attn.q_proj." + k),
+                                                          take(hf + "self_attn.k_proj." + k),
+                                                          take(hf + "self_attn.v_proj." + k)}, 0));
+      out.emplace_back(oc + "attn.out_proj." + k, take(hf + "self_attn.out_proj." + k));
+      out.emplace_back(oc + "ln_1." + k, take(hf + "layer_norm1." + k));
+      out.emplace_back(oc + "ln_2." + k, take(hf + "layer_norm2." + k));
+      out.emplace_back(oc + "mlp.c_fc." + k, take(hf + "mlp.fc1." + k));
+      out.emplace_back(oc + "mlp.c_proj." + k, take(hf + "mlp.fc2." + k));
+    }
+  }
+  EXPECT_EQ(used.size(), te2.size()) << "every text_encoder_2 tensor is written";
+  auto vae = ReadSafetensors(WriteLdmVaeForTest("first_stage_model."));
+  EXPECT_TRUE(vae.ok());
+  for (auto& [name, t] : *vae) out.emplace_back(name, t);
+  const std::string path = MakeTempDir() + "/tiny-sdxl.safetensors";
+  EXPECT_OK(WriteSafetensors(path, out));
+  return path;
+}
+
+TEST(SdxlSingleFile, LoadsThroughTheSingleFileLoaderAndRendersAsTheFolder) {
+  const std::string file = WriteSdxlSingleFile();
+  EngineOptions options;
+  options.model_config = ModelPath("tiny-sdxl");
+  ASSERT_OK_AND_ASSIGN(auto engine, Engine::Load(file, options));
+  EXPECT_TRUE(engine->info().sdxl);
+  EXPECT_TRUE(engine->info().single_file);
+  ASSERT_OK_AND_ASSIGN(auto folder, Engine::Load(ModelPath("tiny-sdxl")));
+  for (const char* name : {"sdxl_euler_default", "sdxl_dpmpp2m_prompt2_microcond"}) {
+    SCOPED_TRACE(name);
+    const std::string golden = std::string("sdxl/") + name + ".safetensors";
+    auto g = LoadGolden(golden);
+    RenderRequest req = SdxlRequest(nlohmann::json::parse(LoadGoldenMetadata(golden).at("case")));
+    ASSERT_OK_AND_ASSIGN(RenderResult a, engine->Render(req));
+    ASSERT_OK_AND_ASSIGN(RenderResult b, folder->Render(req));
+    EXPECT_EQ(a.latents, b.latents) << "the same weights must give the same latents";
+    EXPECT_EQ(a.images[0].pixels, b.images[0].pixels);
+    at::Tensor latents = at::from_blob(a.latents.data(), a.latents_shape, at::kFloat);
+    EXPECT_LE(MaxAbsDiff(latents, g["latents_final"]), 1e-3);
+  }
+  // Without a folder to describe it, a clear refusal.
+  auto bare = Engine::Load(file);
+  ASSERT_FALSE(bare.ok());
+  EXPECT_NE(bare.status().message().find("--model-config"), std::string::npos) << bare.status().ToString();
+  EXPECT_NE(bare.status().message().find("SDXL"), std::string::npos) << bare.status().ToString();
 }
 
 }  // namespace

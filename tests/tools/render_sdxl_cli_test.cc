@@ -3,7 +3,8 @@
 // through the command-line flags (--prompt-2, --negative-2, the
 // micro-conditioning sizes, --guidance-rescale) and compared pixel for pixel;
 // the A1111 text it embeds; and the SDXL inputs it must refuse without
-// writing anything.
+// writing anything. Also sdfarm-mkmodel with SDXL configs: the published
+// parameter counts of SDXL base, and a random SDXL folder that renders.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -39,8 +40,8 @@ std::string Quote(const std::string& s) {
   return q + "'";
 }
 
-ProcessRun Render(const std::vector<std::string>& args) {
-  std::string cmd = Quote(SDFARM_RENDER_BIN);
+ProcessRun RunTool(const std::string& binary, const std::vector<std::string>& args) {
+  std::string cmd = Quote(binary);
   for (const auto& a : args) cmd += " " + Quote(a);
   cmd += " 2>&1";
   ProcessRun r;
@@ -52,6 +53,8 @@ ProcessRun Render(const std::vector<std::string>& args) {
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+ProcessRun Render(const std::vector<std::string>& args) { return RunTool(SDFARM_RENDER_BIN, args); }
 
 std::vector<std::string> Pngs(const std::string& dir) {
   std::vector<std::string> out;
@@ -203,6 +206,35 @@ TEST(RenderSdxlCli, HelpDocumentsTheSdxlFlags) {
                            "--guidance-rescale", "SDXL", "1024x1024"}) {
     EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
   }
+}
+
+TEST(MkModelSdxl, CountOnlyGivesThePublishedSdxlParameterCounts) {
+  // shared/models/README.md: stabilityai/stable-diffusion-xl-base-1.0 as diffusers 0.21.4 builds it.
+  ProcessRun r = RunTool(SDFARM_MKMODEL_BIN, {"--config", ::sdfarm::testing::SharedPath("models/configs/sdxl"),
+                                              "--count-only"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("unet 2567463684\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("vae 83653863\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("text_encoder 123060480\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("text_encoder_2 694659840\n"), std::string::npos) << r.output;
+  // SD 1.5 through the same path (no text_encoder_2).
+  ProcessRun sd15 = RunTool(SDFARM_MKMODEL_BIN, {"--config", ::sdfarm::testing::SharedPath("models/configs/sd15"),
+                                                 "--count-only"});
+  ASSERT_EQ(sd15.exit_code, 0) << sd15.output;
+  EXPECT_NE(sd15.output.find("unet 859520964\n"), std::string::npos) << sd15.output;
+  EXPECT_EQ(sd15.output.find("text_encoder_2"), std::string::npos) << sd15.output;
+}
+
+TEST(MkModelSdxl, ARandomSdxlFolderLoadsAndRenders) {
+  const std::string dir = MakeTempDir();
+  ProcessRun made = RunTool(SDFARM_MKMODEL_BIN, {"--config", ModelPath("tiny-sdxl"), "--out", dir + "/xl"});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  EXPECT_TRUE(fs::exists(dir + "/xl/text_encoder_2/model.safetensors"));
+  EXPECT_TRUE(fs::exists(dir + "/xl/tokenizer_2/vocab.json"));
+  ProcessRun r = Render({"--model", dir + "/xl", "--prompt", "a fox", "--prompt-2", "an oil painting", "--steps", "2",
+                         "--out", dir + "/out", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(Pngs(dir + "/out").size(), 1u);
 }
 
 }  // namespace
