@@ -129,3 +129,30 @@ TEST(SweepSdxlTest, ExpanderNumbersAsBeforeAndCarriesTheFieldsIntoJobItems) {
 
 }  // namespace
 }  // namespace sdfarm::coordinator
+
+namespace sdfarm::coordinator {
+namespace {
+
+TEST(SweepSdxlTest, AOneImageSweepIsAOneItemPayload) {
+  Json j = {{"name", "not-xl"}, {"model", "tiny-sd"}, {"prompt", "a fox"}, {"seeds", "0"},
+            {"steps", 2},       {"size", "64x64"},    {"original_size", "1024x1024"}};
+  auto spec = SweepSpec::FromJson(j, kLimits, 0);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  SweepExpander e(*spec, 4);
+  ASSERT_EQ(e.num_items(), 1);
+  JobPayload p;
+  p.sweep_id = "s";
+  p.model = "tiny-sd";
+  p.sampler = "euler_a";
+  const JobSlice slice = e.JobAt(0);
+  ASSERT_EQ(slice.count, 1);
+  p.items.push_back(ToJobItem(e.ItemAt(0), e.FileName(e.ItemAt(0))));
+  const std::string wire = p.ToJson();
+  auto back = JobPayload::FromJson(wire);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->items.size(), 1u) << wire;
+  EXPECT_EQ(back->items[0].original_width, 1024) << wire;
+}
+
+}  // namespace
+}  // namespace sdfarm::coordinator
