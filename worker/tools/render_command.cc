@@ -38,7 +38,8 @@ int Fail(const engine::Status& s, int code = 1) {
 void DefineFlags(CliFlags& f) {
   f.Add("model", "PATH", "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...) or a "
         "single-file checkpoint (.safetensors in the original LDM / A1111 / CivitAI layout)");
-  f.Add("model-config", "DIR", "single file: a diffusers folder whose configs, tokenizer and scheduler describe it");
+  f.Add("model-config", "DIR", "single file: a diffusers folder whose configs, tokenizer and scheduler describe it "
+        "(required for SDXL checkpoints)");
   f.Add("original-config", "YAML", "single file: its LDM config (default: <checkpoint>.yaml beside it, if present)");
   f.Add("prediction-type", "TYPE", "epsilon or v_prediction: overrides the configs (needed for an SD 2.x file "
         "without a yaml: 512-base is epsilon, 768-v is v_prediction)");
