@@ -1,6 +1,7 @@
 // SDXL prompts and micro-conditioning to the UNet's inputs (see sdxl_conditioning.h).
 #include "worker/engine/sdxl_conditioning.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
