@@ -18,6 +18,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "client/grid.h"
 #include "client/local_farm_file.h"
 #include "client/local_mode.h"
@@ -130,6 +131,15 @@ constexpr SweepFlag kSweepFlags[] = {
     {"lora", "loras"},
     {"vae", "vae"},
     {"prompt-chunking", "prompt_chunking"},
+    {"prompt-2", "prompts_2"},
+    {"negative-prompt-2", "negative_prompts_2"},
+    {"original-size", "original_sizes"},
+    {"target-size", "target_sizes"},
+    {"crop-top-left", "crops_top_left"},
+    {"negative-original-size", "negative_original_size"},
+    {"negative-target-size", "negative_target_size"},
+    {"negative-crop-top-left", "negative_crop_top_left"},
+    {"guidance-rescale", "guidance_rescales"},
 };
 
 absl::Status ToFlagError(const absl::Status& status) {
@@ -1029,6 +1039,21 @@ void AddSweepFlags(tools::CliFlags* flags, bool model_flag) {
   flags->AddBool("prompt-chunking",
                  "encode prompts over 75 tokens in chunks of 75, as AUTOMATIC1111 does (default: CLIP's 77-token "
                  "limit cuts them, with a warning)");
+  // SDXL models (each a sweep axis; see docs/farm.md).
+  flags->Add("prompt-2", "TEXT", "SDXL: a prompt for the second text encoder (default: the prompt)", std::nullopt,
+             /*repeatable=*/true);
+  flags->Add("negative-prompt-2", "TEXT", "SDXL: a negative prompt for the second text encoder", std::nullopt,
+             /*repeatable=*/true);
+  flags->Add("original-size", "LIST", "SDXL micro-conditioning original sizes WxH, e.g. 1024x1024,2048x2048 "
+             "(default: the image size)");
+  flags->Add("target-size", "LIST", "SDXL micro-conditioning target sizes WxH (default: the image size)");
+  flags->Add("crop-top-left", "TOP,LEFT", "SDXL micro-conditioning crop (default 0,0); repeat for several",
+             std::nullopt, /*repeatable=*/true);
+  flags->Add("negative-original-size", "WxH", "SDXL: the negative branch's original size (with "
+             "--negative-target-size)");
+  flags->Add("negative-target-size", "WxH", "SDXL: the negative branch's target size");
+  flags->Add("negative-crop-top-left", "TOP,LEFT", "SDXL: the negative branch's crop");
+  flags->Add("guidance-rescale", "LIST", "diffusers' guidance_rescale values in [0, 1], e.g. 0,0.7 (default 0)");
 }
 
 std::string DefaultSweepName(std::string_view model, absl::Time now, absl::TimeZone zone) {
@@ -1086,6 +1111,17 @@ absl::StatusOr<SweepSpec> SpecFromFlags(const tools::CliFlags& flags, const Swee
   if (auto loras = flags.GetAll("lora"); !loras.empty()) j["lora"] = loras;  // one set
   if (flags.Has("vae")) j["vae"] = flags.Get("vae");
   if (flags.GetBool("prompt-chunking")) j["prompt_chunking"] = true;
+  if (auto v = flags.GetAll("prompt-2"); !v.empty()) j["prompts_2"] = v;
+  if (auto v = flags.GetAll("negative-prompt-2"); !v.empty()) j["negative_prompts_2"] = v;
+  if (flags.Has("original-size")) j["original_sizes"] = SplitList(flags.Get("original-size"));
+  if (flags.Has("target-size")) j["target_sizes"] = SplitList(flags.Get("target-size"));
+  if (auto v = flags.GetAll("crop-top-left"); !v.empty()) j["crops_top_left"] = v;
+  for (const char* f : {"negative-original-size", "negative-target-size", "negative-crop-top-left"}) {
+    if (flags.Has(f)) j[absl::StrReplaceAll(f, {{"-", "_"}})] = flags.Get(f);
+  }
+  if (flags.Has("guidance-rescale")) {
+    ASSIGN_OR_RETURN(j["guidance_rescales"], ParseNumbers("guidance-rescale", flags.Get("guidance-rescale")));
+  }
   if (flags.Has("priority")) {
     ASSIGN_OR_RETURN(j["priority"], ParseOneInt(flags, "priority"));
   }

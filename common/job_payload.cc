@@ -1,6 +1,8 @@
 #include "common/job_payload.h"
 
 #include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -10,12 +12,26 @@ namespace sdfarm {
 std::string JobPayload::ToJson() const {
   nlohmann::json items_json = nlohmann::json::array();
   for (const JobItem& it : items) {
-    items_json.push_back({{"index", it.index},
-                          {"file_name", it.file_name},
-                          {"prompt", it.prompt},
-                          {"negative_prompt", it.negative_prompt},
-                          {"seed", it.seed},
-                          {"guidance_scale", it.guidance_scale}});
+    nlohmann::json item = {{"index", it.index},
+                           {"file_name", it.file_name},
+                           {"prompt", it.prompt},
+                           {"negative_prompt", it.negative_prompt},
+                           {"seed", it.seed},
+                           {"guidance_scale", it.guidance_scale}};
+    // SDXL fields, only when set.
+    if (!it.prompt_2.empty()) item["prompt_2"] = it.prompt_2;
+    if (!it.negative_prompt_2.empty()) item["negative_prompt_2"] = it.negative_prompt_2;
+    auto pair = [&](const char* key, int a, int b) {
+      if (a != 0 || b != 0) item[key] = {a, b};
+    };
+    pair("original_size", it.original_width, it.original_height);
+    pair("crop_top_left", it.crop_top, it.crop_left);
+    pair("target_size", it.target_width, it.target_height);
+    pair("negative_original_size", it.negative_original_width, it.negative_original_height);
+    pair("negative_crop_top_left", it.negative_crop_top, it.negative_crop_left);
+    pair("negative_target_size", it.negative_target_width, it.negative_target_height);
+    if (it.guidance_rescale != 0) item["guidance_rescale"] = it.guidance_rescale;
+    items_json.push_back(std::move(item));
   }
   nlohmann::json j = {{"sweep_id", sweep_id}, {"job_index", job_index}, {"model", model},
                       {"width", width},       {"height", height},       {"steps", steps},
@@ -55,11 +71,29 @@ absl::StatusOr<JobPayload> JobPayload::FromJson(const std::string& text) {
       item.negative_prompt = it.at("negative_prompt").get<std::string>();
       item.seed = it.at("seed").get<uint64_t>();
       item.guidance_scale = it.at("guidance_scale").get<double>();
+      if (it.contains("prompt_2")) item.prompt_2 = it.at("prompt_2").get<std::string>();
+      if (it.contains("negative_prompt_2")) item.negative_prompt_2 = it.at("negative_prompt_2").get<std::string>();
+      auto pair = [&](const char* key, int* a, int* b) {
+        if (!it.contains(key)) return;
+        const auto& v = it.at(key);
+        if (!v.is_array() || v.size() != 2) throw std::invalid_argument(std::string(key) + " must be [a, b]");
+        *a = v.at(0).get<int>();
+        *b = v.at(1).get<int>();
+      };
+      pair("original_size", &item.original_width, &item.original_height);
+      pair("crop_top_left", &item.crop_top, &item.crop_left);
+      pair("target_size", &item.target_width, &item.target_height);
+      pair("negative_original_size", &item.negative_original_width, &item.negative_original_height);
+      pair("negative_crop_top_left", &item.negative_crop_top, &item.negative_crop_left);
+      pair("negative_target_size", &item.negative_target_width, &item.negative_target_height);
+      if (it.contains("guidance_rescale")) item.guidance_rescale = it.at("guidance_rescale").get<double>();
       p.items.push_back(std::move(item));
     }
     if (p.items.empty()) return absl::InvalidArgumentError("job payload has no items");
     return p;
   } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(std::string("bad job payload: ") + e.what());
+  } catch (const std::invalid_argument& e) {
     return absl::InvalidArgumentError(std::string("bad job payload: ") + e.what());
   }
 }

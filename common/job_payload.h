@@ -13,6 +13,10 @@
 //            <name>.safetensors (or the folder <name>/) in its --lora-dir
 //   "vae": "vae-ft-mse"                               likewise in its --vae-dir
 //   "prompt_chunking": true                           A1111-style 75-token chunks
+// and per item (SDXL; absent at their defaults): "prompt_2", "negative_prompt_2",
+// "original_size" / "target_size" / "negative_original_size" /
+// "negative_target_size" ([width, height]), "crop_top_left" /
+// "negative_crop_top_left" ([top, left]), "guidance_rescale".
 // job_id is "<sweep_id>/<job_index>".
 #ifndef SDFARM_COMMON_JOB_PAYLOAD_H_
 #define SDFARM_COMMON_JOB_PAYLOAD_H_
@@ -38,6 +42,12 @@ struct JobItem {
   std::string prompt, negative_prompt;
   uint64_t seed = 0;
   double guidance_scale = 7.5;
+  // SDXL (engine::RenderItem's fields; 0 sizes: the image size).
+  std::string prompt_2, negative_prompt_2;
+  int original_width = 0, original_height = 0, crop_top = 0, crop_left = 0, target_width = 0, target_height = 0;
+  int negative_original_width = 0, negative_original_height = 0, negative_crop_top = 0, negative_crop_left = 0;
+  int negative_target_width = 0, negative_target_height = 0;
+  double guidance_rescale = 0;
 };
 
 struct JobPayload {
@@ -61,7 +71,14 @@ struct JobPayload {
 };
 inline bool operator==(const JobItem& a, const JobItem& b) {
   return a.index == b.index && a.file_name == b.file_name && a.prompt == b.prompt &&
-         a.negative_prompt == b.negative_prompt && a.seed == b.seed && a.guidance_scale == b.guidance_scale;
+         a.negative_prompt == b.negative_prompt && a.seed == b.seed && a.guidance_scale == b.guidance_scale &&
+         a.prompt_2 == b.prompt_2 && a.negative_prompt_2 == b.negative_prompt_2 &&
+         a.original_width == b.original_width && a.original_height == b.original_height && a.crop_top == b.crop_top &&
+         a.crop_left == b.crop_left && a.target_width == b.target_width && a.target_height == b.target_height &&
+         a.negative_original_width == b.negative_original_width &&
+         a.negative_original_height == b.negative_original_height && a.negative_crop_top == b.negative_crop_top &&
+         a.negative_crop_left == b.negative_crop_left && a.negative_target_width == b.negative_target_width &&
+         a.negative_target_height == b.negative_target_height && a.guidance_rescale == b.guidance_rescale;
 }
 
 // Splits "<sweep_id>/<job_index>"; InvalidArgument otherwise.

@@ -2243,8 +2243,7 @@ JobPayload Coordinator::Impl::PayloadFor(const Sweep& s, int64_t job_index) cons
       p.sampler = item.sampler;
       p.loras = item.loras;
     }
-    p.items.push_back({item.index, s.expander->FileName(item), item.prompt, item.negative_prompt, item.seed,
-                       item.guidance_scale});
+    p.items.push_back(ToJobItem(item, s.expander->FileName(item)));
   }
   return p;
 }

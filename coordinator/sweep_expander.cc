@@ -88,7 +88,13 @@ SweepExpander::Combo SweepExpander::ComboAt(int64_t combination) const {
                  ZipEntry(i, spec_.prompts.size()),
                  ZipEntry(i, spec_.negative_prompts.size()),
                  ZipEntry(i, spec_.guidance_scales.size()),
-                 ZipEntry(i, spec_.seeds.size())};
+                 ZipEntry(i, spec_.seeds.size()),
+                 ZipEntry(i, spec_.prompts_2.size()),
+                 ZipEntry(i, spec_.negative_prompts_2.size()),
+                 ZipEntry(i, spec_.original_sizes.size()),
+                 ZipEntry(i, spec_.crops_top_left.size()),
+                 ZipEntry(i, spec_.target_sizes.size()),
+                 ZipEntry(i, spec_.guidance_rescales.size())};
   }
   // Mixed radix, innermost digit first.
   uint64_t rest = static_cast<uint64_t>(combination);
@@ -100,6 +106,12 @@ SweepExpander::Combo SweepExpander::ComboAt(int64_t combination) const {
   Combo c{};
   c.seed = digit(spec_.seeds.size());
   c.guidance = digit(spec_.guidance_scales.size());
+  c.rescale = digit(spec_.guidance_rescales.size());
+  c.target = digit(spec_.target_sizes.size());
+  c.crop = digit(spec_.crops_top_left.size());
+  c.original = digit(spec_.original_sizes.size());
+  c.negative_2 = digit(spec_.negative_prompts_2.size());
+  c.prompt_2 = digit(spec_.prompts_2.size());
   c.negative = digit(spec_.negative_prompts.size());
   c.prompt = digit(spec_.prompts.size());
   c.lora = digit(spec_.loras.size());
@@ -123,7 +135,42 @@ Item SweepExpander::ItemAt(int64_t index) const {
   item.width = spec_.sizes[c.size].width;
   item.height = spec_.sizes[c.size].height;
   item.loras = spec_.loras[c.lora];
+  item.prompt_2 = spec_.prompts_2[c.prompt_2];
+  item.negative_prompt_2 = spec_.negative_prompts_2[c.negative_2];
+  item.original_size = spec_.original_sizes[c.original];
+  item.crop_top_left = spec_.crops_top_left[c.crop];
+  item.target_size = spec_.target_sizes[c.target];
+  item.negative_original_size = spec_.negative_original_size;
+  item.negative_target_size = spec_.negative_target_size;
+  item.negative_crop_top_left = spec_.negative_crop_top_left;
+  item.guidance_rescale = spec_.guidance_rescales[c.rescale];
   return item;
+}
+
+JobItem ToJobItem(const Item& item, std::string file_name) {
+  JobItem j;
+  j.index = item.index;
+  j.file_name = std::move(file_name);
+  j.prompt = item.prompt;
+  j.negative_prompt = item.negative_prompt;
+  j.seed = item.seed;
+  j.guidance_scale = item.guidance_scale;
+  j.prompt_2 = item.prompt_2;
+  j.negative_prompt_2 = item.negative_prompt_2;
+  j.original_width = item.original_size.width;
+  j.original_height = item.original_size.height;
+  j.crop_top = item.crop_top_left.top;
+  j.crop_left = item.crop_top_left.left;
+  j.target_width = item.target_size.width;
+  j.target_height = item.target_size.height;
+  j.negative_original_width = item.negative_original_size.width;
+  j.negative_original_height = item.negative_original_size.height;
+  j.negative_crop_top = item.negative_crop_top_left.top;
+  j.negative_crop_left = item.negative_crop_top_left.left;
+  j.negative_target_width = item.negative_target_size.width;
+  j.negative_target_height = item.negative_target_size.height;
+  j.guidance_rescale = item.guidance_rescale;
+  return j;
 }
 
 JobSlice SweepExpander::JobAt(int64_t job) const {

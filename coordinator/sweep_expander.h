@@ -16,7 +16,10 @@
 // are outermost, then prompt, negative prompt, guidance scale, seed, and the
 // images_per_combination copies (seed+k) innermost:
 //   product: index = mixed-radix number over
-//            [size, steps, sampler, loras, prompt, negative, guidance, seed, k]
+//            [size, steps, sampler, loras, prompt, negative, prompt_2, negative_2,
+//             original_size, crop_top_left, target_size, guidance_rescale, guidance, seed, k]
+//            (the SDXL axes have length 1 unless a spec sets them, so other
+//            sweeps number their items as before they existed)
 //   zip:     combination i takes entry i of every list (entry 0 of a length-1
 //            list); combinations are stably sorted by (size, steps, sampler,
 //            LoRA set, prompt text, negative text), then each yields its k
@@ -56,7 +59,17 @@ struct Item {
   std::string sampler;
   int width = 0, height = 0;
   std::vector<LoraUse> loras;
+  // SDXL (sweep_spec.h): "" / Size{0, 0} / 0 are the defaults.
+  std::string prompt_2, negative_prompt_2;
+  Size original_size{0, 0}, target_size{0, 0};
+  Crop crop_top_left;
+  Size negative_original_size{0, 0}, negative_target_size{0, 0};
+  Crop negative_crop_top_left;
+  double guidance_rescale = 0;
 };
+
+// The job payload's item for `item`, stored as `file_name`.
+JobItem ToJobItem(const Item& item, std::string file_name);
 
 // Items [first_item, first_item + count) of one group; 1 <= count <= batch_size.
 struct JobSlice {
@@ -89,6 +102,7 @@ class SweepExpander {
   // A combination before its images_per_combination copies: indices into the spec's lists.
   struct Combo {
     size_t size, steps, sampler, lora, prompt, negative, guidance, seed;
+    size_t prompt_2, negative_2, original, crop, target, rescale;
   };
   Combo ComboAt(int64_t combination) const;
 

@@ -13,6 +13,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <tuple>
 #include <sstream>
 #include <unordered_set>
 #include <utility>
@@ -402,6 +403,70 @@ absl::StatusOr<std::vector<std::string>> ReadPromptsFile(const ParseContext& ctx
   return out;
 }
 
+absl::StatusOr<Crop> ParseCropText(const ParseContext& ctx, const std::string& field, const Json& v) {
+  if (!v.is_string()) return FieldError(ctx, field, "expected \"TOP,LEFT\" like \"0,0\", got " + QuoteJson(v));
+  const std::string_view t = Trim(v.get_ref<const std::string&>());
+  const size_t comma = t.find(',');
+  uint64_t top = 0, left = 0;
+  if (comma == std::string_view::npos || !ParseUint64(Trim(t.substr(0, comma)), &top) ||
+      !ParseUint64(Trim(t.substr(comma + 1)), &left) || top > 1'000'000 || left > 1'000'000) {
+    return FieldError(ctx, field, "bad crop " + QuoteJson(v) + " (expected \"TOP,LEFT\" in pixels, like \"0,0\")");
+  }
+  return Crop{static_cast<int>(top), static_cast<int>(left)};
+}
+
+// The SDXL fields (see sweep_spec.h). `pick` / `name_of` as in FromJsonImpl.
+template <typename Pick, typename NameOf>
+absl::Status ReadSdxlFields(const ParseContext& ctx, const Json& json, const SweepLimits& limits, const Pick& pick,
+                            const NameOf& name_of, SweepSpec* spec) {
+  for (const auto& [singular, plural, out] :
+       {std::make_tuple("prompt_2", "prompts_2", &spec->prompts_2),
+        std::make_tuple("negative_prompt_2", "negative_prompts_2", &spec->negative_prompts_2)}) {
+    ASSIGN_OR_RETURN(const Json* v, pick(singular, plural));
+    if (v != nullptr) {
+      ASSIGN_OR_RETURN(*out, ReadStrings(ctx, name_of(singular, plural), *v, limits));
+    }
+  }
+  for (const auto& [singular, plural, out] :
+       {std::make_tuple("original_size", "original_sizes", &spec->original_sizes),
+        std::make_tuple("target_size", "target_sizes", &spec->target_sizes)}) {
+    ASSIGN_OR_RETURN(const Json* v, pick(singular, plural));
+    if (v != nullptr) {
+      ASSIGN_OR_RETURN(*out, ReadSizes(ctx, name_of(singular, plural), *v, limits));
+    }
+  }
+  ASSIGN_OR_RETURN(const Json* crops, pick("crop_top_left", "crops_top_left"));
+  if (crops != nullptr) {
+    const std::string field = name_of("crop_top_left", "crops_top_left");
+    if (crops->is_array() && crops->empty()) return FieldError(ctx, field, "is an empty list");
+    if (crops->is_array() && crops->size() > static_cast<size_t>(limits.max_list)) {
+      return FieldError(ctx, field, absl::StrCat("has ", crops->size(), " entries (limit ", limits.max_list, ")"));
+    }
+    spec->crops_top_left.clear();
+    for (const Json* v : Elements(*crops)) {
+      ASSIGN_OR_RETURN(Crop c, ParseCropText(ctx, field, *v));
+      spec->crops_top_left.push_back(c);
+    }
+  }
+  for (const auto& [field, out] : {std::make_pair("negative_original_size", &spec->negative_original_size),
+                                   std::make_pair("negative_target_size", &spec->negative_target_size)}) {
+    if (!json.contains(field)) continue;
+    ASSIGN_OR_RETURN(std::vector<Size> one, ReadSizes(ctx, field, json.at(field), limits));
+    if (one.size() != 1) return FieldError(ctx, field, "takes one size (it is not a sweep axis)");
+    *out = one[0];
+  }
+  if (json.contains("negative_crop_top_left")) {
+    ASSIGN_OR_RETURN(spec->negative_crop_top_left,
+                     ParseCropText(ctx, "negative_crop_top_left", json.at("negative_crop_top_left")));
+  }
+  ASSIGN_OR_RETURN(const Json* rescales, pick("guidance_rescale", "guidance_rescales"));
+  if (rescales != nullptr) {
+    ASSIGN_OR_RETURN(spec->guidance_rescales,
+                     ReadNumbers(ctx, name_of("guidance_rescale", "guidance_rescales"), *rescales, limits));
+  }
+  return absl::OkStatus();
+}
+
 // The one place spec fields are known: the parser dispatches on it and
 // unknown-field messages suggest from it.
 const std::vector<std::string>& KnownFields() {
@@ -412,7 +477,11 @@ const std::vector<std::string>& KnownFields() {
                                    "steps",        "sampler",         "samplers",         "size",
                                    "sizes",        "width",           "height",           "images_per_combination",
                                    "combine",      "priority",        "lora",             "loras",
-                                   "vae",          "prompt_chunking"};
+                                   "vae",          "prompt_chunking", "prompt_2",         "prompts_2",
+                                   "negative_prompt_2", "negative_prompts_2", "original_size", "original_sizes",
+                                   "target_size",  "target_sizes",    "crop_top_left",    "crops_top_left",
+                                   "negative_original_size", "negative_target_size", "negative_crop_top_left",
+                                   "guidance_rescale", "guidance_rescales"};
   return *fields;
 }
 
@@ -552,6 +621,8 @@ absl::StatusOr<SweepSpec> FromJsonImpl(const Json& json, const SweepLimits& limi
     if (!v.is_boolean()) return FieldError(ctx, "prompt_chunking", "expected true or false, got " + QuoteJson(v));
     spec.prompt_chunking = v.get<bool>();
   }
+
+  RETURN_IF_ERROR(ReadSdxlFields(ctx, json, limits, pick, name_of, &spec));
 
   if (absl::Status s = Validate(spec, limits); !s.ok()) {
     // Point at the line of the offending field when the YAML told us.
@@ -797,7 +868,10 @@ int64_t CountImages(const SweepSpec& spec) {
       static_cast<int64_t>(spec.prompts.size()), static_cast<int64_t>(spec.negative_prompts.size()),
       static_cast<int64_t>(spec.seeds.size()),   static_cast<int64_t>(spec.guidance_scales.size()),
       static_cast<int64_t>(spec.steps.size()),   static_cast<int64_t>(spec.samplers.size()),
-      static_cast<int64_t>(spec.sizes.size()),   static_cast<int64_t>(spec.loras.size())};
+      static_cast<int64_t>(spec.sizes.size()),   static_cast<int64_t>(spec.loras.size()),
+      static_cast<int64_t>(spec.prompts_2.size()), static_cast<int64_t>(spec.negative_prompts_2.size()),
+      static_cast<int64_t>(spec.original_sizes.size()), static_cast<int64_t>(spec.crops_top_left.size()),
+      static_cast<int64_t>(spec.target_sizes.size()), static_cast<int64_t>(spec.guidance_rescales.size())};
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   int64_t combinations = 1;
   for (int64_t n : lengths) {
@@ -823,7 +897,10 @@ absl::Status Validate(const SweepSpec& spec, const SweepLimits& limits) {
       {"prompts", spec.prompts.size()}, {"negative_prompts", spec.negative_prompts.size()},
       {"seeds", spec.seeds.size()},     {"guidance_scales", spec.guidance_scales.size()},
       {"steps", spec.steps.size()},     {"samplers", spec.samplers.size()},
-      {"sizes", spec.sizes.size()},     {"loras", spec.loras.size()}};
+      {"sizes", spec.sizes.size()},     {"loras", spec.loras.size()},
+      {"prompts_2", spec.prompts_2.size()}, {"negative_prompts_2", spec.negative_prompts_2.size()},
+      {"original_sizes", spec.original_sizes.size()}, {"crops_top_left", spec.crops_top_left.size()},
+      {"target_sizes", spec.target_sizes.size()}, {"guidance_rescales", spec.guidance_rescales.size()}};
   for (const auto& [field, n] : lists) {
     if (n == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": needs at least one entry"));
     if (n > static_cast<size_t>(limits.max_list)) {
@@ -890,6 +967,52 @@ absl::Status Validate(const SweepSpec& spec, const SweepLimits& limits) {
     }
   }
   if (!spec.vae.empty()) RETURN_IF_ERROR(ValidateName("vae", spec.vae));
+  RETURN_IF_ERROR(ValidatePrompts("prompts_2", spec.prompts_2, /*allow_empty=*/true, limits));
+  RETURN_IF_ERROR(ValidatePrompts("negative_prompts_2", spec.negative_prompts_2, /*allow_empty=*/true, limits));
+  // Micro-conditioning sizes: 0x0 (the image size) or both sides in [1, 65536].
+  constexpr int kMaxMicro = 65536;
+  auto check_micro_size = [&](const std::string& where, const Size& s) {
+    const bool unset = s.width == 0 && s.height == 0;
+    if (!unset && (s.width < 1 || s.height < 1 || s.width > kMaxMicro || s.height > kMaxMicro)) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", s.width, "x", s.height,
+                                                     " is not allowed: each side must be in [1, ", kMaxMicro, "]"));
+    }
+    return absl::OkStatus();
+  };
+  auto check_crop = [&](const std::string& where, const Crop& c) {
+    if (c.top < 0 || c.left < 0 || c.top > kMaxMicro || c.left > kMaxMicro) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", c.top, ",", c.left, " is out of range [0, ", kMaxMicro, "]"));
+    }
+    return absl::OkStatus();
+  };
+  for (size_t i = 0; i < spec.original_sizes.size(); ++i) {
+    RETURN_IF_ERROR(check_micro_size(absl::StrCat("original_sizes[", i, "]"), spec.original_sizes[i]));
+  }
+  for (size_t i = 0; i < spec.target_sizes.size(); ++i) {
+    RETURN_IF_ERROR(check_micro_size(absl::StrCat("target_sizes[", i, "]"), spec.target_sizes[i]));
+  }
+  for (size_t i = 0; i < spec.crops_top_left.size(); ++i) {
+    RETURN_IF_ERROR(check_crop(absl::StrCat("crops_top_left[", i, "]"), spec.crops_top_left[i]));
+  }
+  RETURN_IF_ERROR(check_micro_size("negative_original_size", spec.negative_original_size));
+  RETURN_IF_ERROR(check_micro_size("negative_target_size", spec.negative_target_size));
+  RETURN_IF_ERROR(check_crop("negative_crop_top_left", spec.negative_crop_top_left));
+  const bool neg_orig = spec.negative_original_size != Size{0, 0};
+  const bool neg_target = spec.negative_target_size != Size{0, 0};
+  if (neg_orig != neg_target || (spec.negative_crop_top_left != Crop{} && !neg_orig)) {
+    return absl::InvalidArgumentError(
+        std::string(neg_orig ? "negative_target_size" : "negative_original_size") +
+        ": negative_original_size and negative_target_size go together (diffusers ignores either one, and "
+        "negative_crop_top_left, without the other)");
+  }
+  for (size_t i = 0; i < spec.guidance_rescales.size(); ++i) {
+    const double r = spec.guidance_rescales[i];
+    if (!(r >= 0 && r <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("guidance_rescales[", i, "]: ", FormatDouble(r), " is out of range [0, 1]"));
+    }
+  }
   if (spec.priority < 1 || spec.priority > 100) {
     return absl::InvalidArgumentError(absl::StrCat("priority: ", spec.priority, " is out of range [1, 100]"));
   }
@@ -941,6 +1064,26 @@ nlohmann::json SweepSpec::ToJson() const {
   }
   if (!vae.empty()) j["vae"] = vae;
   if (prompt_chunking) j["prompt_chunking"] = true;
+  auto size_text = [](const Size& s) { return absl::StrCat(s.width, "x", s.height); };
+  auto crop_text = [](const Crop& c) { return absl::StrCat(c.top, ",", c.left); };
+  if (prompts_2 != std::vector<std::string>{""}) j["prompts_2"] = prompts_2;
+  if (negative_prompts_2 != std::vector<std::string>{""}) j["negative_prompts_2"] = negative_prompts_2;
+  for (const auto& [field, list] : {std::make_pair("original_sizes", &original_sizes),
+                                    std::make_pair("target_sizes", &target_sizes)}) {
+    if (*list == std::vector<Size>{Size{0, 0}}) continue;
+    Json v = Json::array();
+    for (const Size& s : *list) v.push_back(size_text(s));
+    j[field] = std::move(v);
+  }
+  if (crops_top_left != std::vector<Crop>{Crop{}}) {
+    Json v = Json::array();
+    for (const Crop& c : crops_top_left) v.push_back(crop_text(c));
+    j["crops_top_left"] = std::move(v);
+  }
+  if (negative_original_size != Size{0, 0}) j["negative_original_size"] = size_text(negative_original_size);
+  if (negative_target_size != Size{0, 0}) j["negative_target_size"] = size_text(negative_target_size);
+  if (negative_crop_top_left != Crop{}) j["negative_crop_top_left"] = crop_text(negative_crop_top_left);
+  if (guidance_rescales != std::vector<double>{0}) j["guidance_rescales"] = guidance_rescales;
   return j;
 }
 

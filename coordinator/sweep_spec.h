@@ -40,6 +40,20 @@
 //   prompt_chunking: true          # default false: prompts over 75 tokens are cut (and warned about);
 //                                  # true: encoded in chunks of 75 tokens as AUTOMATIC1111 does
 //
+// SDXL models (diffusers StableDiffusionXLPipeline folders) take these too;
+// each list is a sweep axis like guidance_scales (a worker serving another
+// model refuses a job that sets them):
+//   prompts_2: [oil painting]      # default [""]: text_encoder_2 reads the prompt
+//   negative_prompts_2: [cartoon]  # default [""]: text_encoder_2 reads the negative prompt
+//   original_sizes: [1024x1024, 2048x2048]
+//                                  # micro-conditioning, "WxH" (diffusers' original_size is (h, w));
+//   target_sizes: [1024x1024]      # default: the image size. Sides in [1, 65536]
+//   crops_top_left: ["0,0", "64,0"]  # "TOP,LEFT", default "0,0"
+//   negative_original_size: 512x512  # single values for the negative branch; used only when
+//   negative_target_size: 512x512    # both sizes are given, as in diffusers
+//   negative_crop_top_left: "0,0"
+//   guidance_rescales: [0, 0.7]    # diffusers' guidance_rescale in [0, 1], any model; default 0
+//
 // `random:N` draws N distinct seeds in [0, 2^32) from std::mt19937_64 seeded
 // with the random_seed argument, so the same spec and random_seed always give
 // the same seeds; the concrete seeds are what ToJson() records.
@@ -78,6 +92,13 @@ struct Size {
   friend bool operator==(const Size&, const Size&) = default;
 };
 
+// SDXL's crops_coords_top_left.
+struct Crop {
+  int top = 0;
+  int left = 0;
+  friend bool operator==(const Crop&, const Crop&) = default;
+};
+
 // The sampler names workers accept, in the order the README lists them.
 const std::vector<std::string>& ValidSamplers();
 
@@ -103,9 +124,18 @@ struct SweepSpec {
   std::vector<std::vector<LoraUse>> loras = {{}};
   std::string vae;  // empty: the workers' own
   bool prompt_chunking = false;  // A1111-style chunks of 75 tokens instead of cutting at 77
+  // SDXL (see the format above). Size{0, 0}: the image size.
+  std::vector<std::string> prompts_2 = {""};
+  std::vector<std::string> negative_prompts_2 = {""};
+  std::vector<Size> original_sizes = {Size{0, 0}};
+  std::vector<Crop> crops_top_left = {Crop{}};
+  std::vector<Size> target_sizes = {Size{0, 0}};
+  Size negative_original_size{0, 0}, negative_target_size{0, 0};
+  Crop negative_crop_top_left;
+  std::vector<double> guidance_rescales = {0};
 
   // Canonical JSON: plural field names, concrete seeds, sizes as "WxH",
-  // LoRAs as "name:scale"; loras, vae and prompt_chunking only when set (so a spec without
+  // LoRAs as "name:scale"; loras, vae, prompt_chunking and the SDXL fields only when set (so a spec without
   // them reads exactly as before they existed).
   // FromJson(ToJson()) gives back an equal spec.
   nlohmann::json ToJson() const;

@@ -35,10 +35,12 @@ StatusOr<std::unique_ptr<Module>> MakeModule(Config config, const TensorSource& 
 template <typename Module, typename Config>
 StatusOr<std::unique_ptr<Module>> LoadModule(const std::string& component_dir, const std::string& weights_base,
                                              const at::Device& device, at::ScalarType dtype, NamedParams* named,
-                                             StatusOr<TensorSource> (*adapt)(TensorSource) = nullptr) {
+                                             StatusOr<TensorSource> (*adapt)(TensorSource) = nullptr,
+                                             void (*adjust)(Config*) = nullptr) {
   const std::string config_path = component_dir + "/config.json";
   ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(config_path));
   ASSIGN_OR_RETURN(Config config, Config::FromJson(j, config_path));
+  if (adjust != nullptr) adjust(&config);
   const std::string variant = dtype == at::kHalf ? "fp16" : "";
   ASSIGN_OR_RETURN(std::string weights, FindWeightsFile(component_dir, weights_base, variant));
   ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> file, SafetensorsFile::Open(weights));
@@ -56,7 +58,10 @@ StatusOr<TensorSource> WithTextModelPrefix(TensorSource source) {
       source.Find("embeddings.token_embedding.weight") == nullptr) {
     return source;
   }
-  return source.Renamed([](const std::string& name) { return "text_model." + name; });
+  // CLIPTextModelWithProjection keeps its projection at the top level.
+  return source.Renamed([](const std::string& name) {
+    return name.rfind("text_projection.", 0) == 0 ? name : "text_model." + name;
+  });
 }
 
 StatusOr<std::unique_ptr<ClipTextModel>> MakeTextEncoder(ClipTextConfig config, const TensorSource& source,
@@ -94,8 +99,11 @@ StatusOr<std::string> FindWeightsFile(const std::string& component_dir, const st
 }
 
 StatusOr<std::unique_ptr<ClipTextModel>> LoadTextEncoder(const std::string& dir, const at::Device& device,
-                                                         at::ScalarType dtype, NamedParams* params) {
-  return LoadModule<ClipTextModel, ClipTextConfig>(dir, "model", device, dtype, params, &WithTextModelPrefix);
+                                                         at::ScalarType dtype, NamedParams* params,
+                                                         bool with_projection) {
+  return LoadModule<ClipTextModel, ClipTextConfig>(
+      dir, "model", device, dtype, params, &WithTextModelPrefix,
+      with_projection ? +[](ClipTextConfig* c) { c->with_projection = true; } : nullptr);
 }
 StatusOr<std::unique_ptr<UNet>> LoadUNet(const std::string& dir, const at::Device& device, at::ScalarType dtype,
                                          NamedParams* params) {

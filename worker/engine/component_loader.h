@@ -33,8 +33,11 @@ StatusOr<std::string> FindWeightsFile(const std::string& component_dir, const st
 // pointers live as long as the module. Filled when a loader is given one.
 using NamedParams = std::map<std::string, at::Tensor*>;
 
+// with_projection: a CLIPTextModelWithProjection (SDXL's text_encoder_2)
+// whatever its config's "architectures" says.
 StatusOr<std::unique_ptr<ClipTextModel>> LoadTextEncoder(const std::string& component_dir, const at::Device& device,
-                                                         at::ScalarType dtype, NamedParams* params = nullptr);
+                                                         at::ScalarType dtype, NamedParams* params = nullptr,
+                                                         bool with_projection = false);
 StatusOr<std::unique_ptr<UNet>> LoadUNet(const std::string& component_dir, const at::Device& device,
                                          at::ScalarType dtype, NamedParams* params = nullptr);
 StatusOr<std::unique_ptr<Vae>> LoadVae(const std::string& component_dir, const at::Device& device,

@@ -11,6 +11,7 @@
 #include <dlfcn.h>
 #include <malloc.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -23,6 +24,7 @@
 #include "worker/engine/lora.h"
 #include "worker/engine/model_loader.h"
 #include "worker/engine/scheduler.h"
+#include "worker/engine/sdxl_conditioning.h"
 #include "worker/engine/single_file.h"
 #include "worker/engine/text_conditioning.h"
 #include "worker/engine/weights.h"
@@ -249,6 +251,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, con
     const int64_t factor = model->vae->config().downscale_factor();
     info.default_width = info.default_height = static_cast<int>(model->sample_size * factor);
     info.unet_in_channels = static_cast<int>(uc.in_channels);
+    info.sdxl = model->sdxl();
     info.text_layers = static_cast<int>(model->text_encoder->config().num_hidden_layers);
     info.prediction_type = model->scheduler_config.prediction_type;
     info.default_sampler = model->default_sampler;
@@ -314,6 +317,38 @@ Status Engine::Validate(const RenderRequest& r) const {
     }
     if (!std::isfinite(it.guidance_scale) || it.guidance_scale < 0 || it.guidance_scale > 100) {
       return InvalidArgumentError("item " + std::to_string(i) + ": guidance scale must be in [0, 100]");
+    }
+    if (!std::isfinite(it.guidance_rescale) || it.guidance_rescale < 0 || it.guidance_rescale > 1) {
+      return InvalidArgumentError("item " + std::to_string(i) + ": guidance rescale must be in [0, 1]");
+    }
+    const bool sdxl_only = !it.prompt_2.empty() || !it.negative_prompt_2.empty() || !it.micro.is_default() ||
+                           !it.negative_micro.is_default();
+    if (sdxl_only && !info.sdxl) {
+      return InvalidArgumentError("item " + std::to_string(i) + ": prompt_2, negative_prompt_2 and the micro-"
+                                  "conditioning (original size, crop top-left, target size and their negatives) "
+                                  "are for SDXL models; " + info.name + " is not an SDXL model");
+    }
+    for (const MicroConditioning* mc : {&it.micro, &it.negative_micro}) {
+      for (int v : {mc->original_width, mc->original_height, mc->target_width, mc->target_height, mc->crop_top,
+                    mc->crop_left}) {
+        if (v < 0 || v > 65536) {
+          return InvalidArgumentError("item " + std::to_string(i) + ": micro-conditioning sizes and crop "
+                                      "coordinates must be in [0, 65536], got " + std::to_string(v));
+        }
+      }
+    }
+  }
+  if (info.sdxl) {
+    if (r.clip_skip != 1) {
+      return InvalidArgumentError(info.name + " is an SDXL model: it always uses the penultimate layer of both text "
+                                  "encoders (as diffusers does); clip skip is not supported");
+    }
+    if (r.prompt_chunking) {
+      return UnimplementedError(info.name + " is an SDXL model: prompt chunking is not supported for SDXL yet");
+    }
+    if (r.init_image || r.mask) {
+      return UnimplementedError(info.name + " is an SDXL model: img2img and inpainting are not supported for SDXL "
+                                "yet (txt2img only)");
     }
   }
   const int width = r.width == 0 ? info.default_width : r.width;
@@ -409,13 +444,21 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
     const auto dev = m.device;
 
     // 1. Text: every distinct prompt (or prompt chunk) is encoded once.
-    const TextConditioning text = EncodeText(*m.tokenizer, *m.text_encoder, r, dev);
+    const TextConditioning text = m.sdxl() ? EncodeTextSdxl(m, r, width, height, dev)
+                                           : EncodeText(*m.tokenizer, *m.text_encoder, r, dev);
     const bool cfg = text.cfg;
     result.dropped_tokens = text.dropped_tokens;
     std::vector<float> g_values;
     for (const auto& it : r.items) g_values.push_back(static_cast<float>(it.guidance_scale));
     at::Tensor guidance = at::tensor(g_values, at::kFloat).view({batch, 1, 1, 1}).to(dev);
     at::Tensor use_cfg = (guidance > 1.0f);
+    std::vector<float> rescale_values;
+    bool any_rescale = false;
+    for (const auto& it : r.items) {
+      rescale_values.push_back(static_cast<float>(it.guidance_rescale));
+      any_rescale = any_rescale || it.guidance_rescale > 0;
+    }
+    at::Tensor rescale = at::tensor(rescale_values, at::kFloat).view({batch, 1, 1, 1}).to(dev);
     result.text_seconds = Seconds(text_start);
 
     // 2. Scheduler and the starting latents.
@@ -496,6 +539,13 @@ StatusOr<RenderResult> Engine::Render(const RenderRequest& r, const StepCallback
       if (cfg) {
         std::vector<at::Tensor> parts = out.chunk(2, 0);
         at::Tensor guided = parts[0] + guidance * (parts[1] - parts[0]);
+        if (any_rescale) {
+          // diffusers' rescale_noise_cfg: per image, std over (C, H, W), unbiased.
+          at::Tensor std_text = parts[1].std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
+          at::Tensor std_cfg = guided.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
+          at::Tensor rescaled = guided * (std_text / std_cfg);
+          guided = at::where(rescale > 0.0f, rescale * rescaled + (1.0f - rescale) * guided, guided);
+        }
         out = at::where(use_cfg, guided, parts[1]);
       }
       latents = sched->Step(out, idx, latents, noise_fn);
@@ -602,6 +652,26 @@ GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& 
     p.extra.push_back({"Lora hashes", hashes});
     if (!weights.empty()) p.extra.push_back({"Lora weights", weights});
   }
+  // SDXL settings A1111 has no field for (its SDXL infotext is the SD one:
+  // one prompt, micro-conditioning = the image size), written only when they
+  // differ from those defaults, under keys A1111 keeps as they are.
+  if (!item.prompt_2.empty() && item.prompt_2 != item.prompt) p.extra.push_back({"Prompt 2", item.prompt_2});
+  if (!item.negative_prompt_2.empty() && item.negative_prompt_2 != item.negative_prompt) {
+    p.extra.push_back({"Negative prompt 2", item.negative_prompt_2});
+  }
+  auto micro = [&](const MicroConditioning& m, const std::string& prefix) {
+    const std::array<double, 6> v = SdxlTimeIds(m, width, height);  // (orig h, w, top, left, target h, w)
+    if (v[0] != height || v[1] != width) {
+      p.extra.push_back({prefix + "Original size", FormatNumber(v[1]) + "x" + FormatNumber(v[0])});
+    }
+    if (v[2] != 0 || v[3] != 0) p.extra.push_back({prefix + "Crop top-left", FormatNumber(v[2]) + "," + FormatNumber(v[3])});
+    if (v[4] != height || v[5] != width) {
+      p.extra.push_back({prefix + "Target size", FormatNumber(v[5]) + "x" + FormatNumber(v[4])});
+    }
+  };
+  micro(item.micro, "");
+  if (HasNegativeMicroConditioning(item)) micro(item.negative_micro, "Negative ");
+  if (item.guidance_rescale > 0) p.extra.push_back({"Guidance rescale", FormatNumber(item.guidance_rescale)});
   // A1111 adds "Eta DDIM" while sampling, after the networks' "Lora hashes".
   if (!a1111.eta_ddim.empty()) p.extra.push_back({"Eta DDIM", std::string(a1111.eta_ddim)});
   p.extra.push_back({"Version", std::string(version)});

@@ -80,11 +80,40 @@ enum class SeedMode {
   kShared,    // one generator seeded with `shared_seed` for the batch (diffusers' default)
 };
 
+// SDXL micro-conditioning of one image (diffusers' original_size,
+// crops_coords_top_left and target_size, which diffusers gives as (height,
+// width) and (top, left)), in pixels.
+struct MicroConditioning {
+  int original_width = 0, original_height = 0;  // 0: the render size (diffusers' default)
+  int crop_top = 0, crop_left = 0;
+  int target_width = 0, target_height = 0;      // 0: the render size
+  bool is_default() const { return *this == MicroConditioning{}; }
+  friend bool operator==(const MicroConditioning&, const MicroConditioning&) = default;
+};
+
 struct RenderItem {
   std::string prompt;
   std::string negative_prompt;
   uint64_t seed = 0;
   double guidance_scale = 7.5;  // <= 1 runs the text branch only (no classifier-free guidance)
+
+  // SDXL models only (Validate rejects them for others), as
+  // StableDiffusionXLPipeline (diffusers 0.21.4) takes them:
+  std::string prompt_2;           // text_encoder_2's prompt; empty: `prompt`
+  std::string negative_prompt_2;  // text_encoder_2's negative prompt; empty: `negative_prompt`
+  MicroConditioning micro;        // original_size, crops_coords_top_left, target_size
+  // negative_original_size / negative_crops_coords_top_left /
+  // negative_target_size: as in diffusers, used only when both negative sizes
+  // are set; otherwise the negative rows get `micro`'s values.
+  MicroConditioning negative_micro;
+  // An empty negative prompt means "none" (diffusers' negative_prompt=None:
+  // on an SDXL model with force_zeros_for_empty_prompt the negative
+  // embeddings are zeros). True: it is the text "" and is encoded
+  // (negative_prompt=""). SD 1.x/2.x encode "" either way.
+  bool empty_negative_is_text = false;
+  // diffusers' guidance_rescale (rescale_noise_cfg) in [0, 1], with guidance
+  // > 1; any model.
+  double guidance_rescale = 0;
 };
 
 struct RenderRequest {
@@ -147,6 +176,7 @@ struct ModelInfo {
   std::string device, dtype;
   int default_width = 512, default_height = 512;
   int unet_in_channels = 4;           // 9: an inpainting model
+  bool sdxl = false;                  // StableDiffusionXLPipeline: two text encoders, micro-conditioning
   int text_layers = 12;
   std::string prediction_type;        // "epsilon" or "v_prediction"
   std::string default_sampler;
@@ -206,6 +236,13 @@ std::vector<Image> PreviewImages(const at::Tensor& latents);
 // "Lora hashes: "name: hash, ..."" and their scales as "Lora weights:
 // "name: scale, ..."". The prompt is written as given: a `<lora:name:scale>`
 // tag appears only when the user wrote one.
+// SDXL: A1111 writes SDXL images like SD ones (one prompt; its micro-
+// conditioning is always the image size), so only settings that differ from
+// that are added, as extra keys A1111 keeps: "Prompt 2", "Negative prompt 2"
+// (when set and different from the first), "Original size" / "Target size"
+// (WxH) and "Crop top-left" (TOP,LEFT) when not the defaults, the same with a
+// "Negative " prefix when the negative micro-conditioning applies, and
+// "Guidance rescale" when > 0.
 GenerationParameters ParametersFor(const ModelInfo& model, const RenderRequest& request, const RenderItem& item,
                                    int width, int height, std::string_view version,
                                    const std::vector<LoraInfo>& loras = {});

@@ -7,6 +7,10 @@
 //   vae/config.json           diffusion_pytorch_model.safetensors
 //   scheduler/scheduler_config.json
 //
+// and the StableDiffusionXLPipeline layout, which adds
+//   text_encoder_2/ (CLIPTextModelWithProjection)   tokenizer_2/
+// (an SDXL folder: model_index.json names text_encoder_2 or the XL pipeline).
+//
 // The networks load through component_loader.h; this adds the tokenizer, the
 // scheduler config, cross-checks between the parts and the model hash.
 #ifndef SDFARM_WORKER_ENGINE_MODEL_LOADER_H_
@@ -39,6 +43,14 @@ struct StableDiffusionModel {
   at::ScalarType vae_dtype = at::kFloat;    // float32 when force_upcast and dtype is fp16
   std::unique_ptr<ClipTokenizer> tokenizer;
   std::unique_ptr<ClipTextModel> text_encoder;
+  // SDXL: the second tokenizer (pads with "!") and text encoder
+  // (CLIPTextModelWithProjection); null for SD 1.x/2.x.
+  std::unique_ptr<ClipTokenizer> tokenizer_2;
+  std::unique_ptr<ClipTextModel> text_encoder_2;
+  // SDXL's model_index.json flag (diffusers' default: true): with guidance and
+  // no negative prompt, the negative embeddings are zeros instead of "" encoded.
+  bool force_zeros_for_empty_prompt = true;
+  bool sdxl() const { return text_encoder_2 != nullptr; }
   std::unique_ptr<UNet> unet;
   std::unique_ptr<Vae> vae;
   // The UNet's sample_size as StableDiffusionPipeline uses it (its default
@@ -58,8 +70,11 @@ StatusOr<std::unique_ptr<StableDiffusionModel>> LoadStableDiffusion(const std::s
 // Pieces shared with the single-file loader (single_file.h):
 // The sampler name for a scheduler class ("DDIMScheduler" -> "ddim").
 std::string SamplerFromClassName(const std::string& cls, bool karras);
-// scheduler_config and default_sampler from a scheduler_config.json.
-Status LoadFolderScheduler(const std::string& scheduler_config_path, StableDiffusionModel* m);
+// scheduler_config and default_sampler from a scheduler_config.json. With
+// `sd_pipeline_fixups`, StableDiffusionPipeline.__init__'s steps_offset 1 and
+// clip_sample false (the SDXL pipeline keeps the file's values).
+Status LoadFolderScheduler(const std::string& scheduler_config_path, StableDiffusionModel* m,
+                           bool sd_pipeline_fixups = true);
 // The cross-checks between the networks (text width vs cross-attention,
 // VAE latent channels vs UNet); `where` prefixes the message.
 Status CheckModelParts(const StableDiffusionModel& m, const std::string& where);

@@ -389,11 +389,25 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 }
 
 // OpenCLIP text tower (after "cond_stage_model.model.") to CLIPTextModel names.
-Status AddOpenClipText(const std::shared_ptr<SafetensorsFile>& file, int64_t layers, TensorSource* src) {
-  const std::string prefix(kSd2TextPrefix);
+// With `projection` (SDXL's bigG tower), `text_projection` [width, proj] (used
+// as x @ P) becomes CLIPTextModelWithProjection's text_projection.weight = P^T.
+Status AddOpenClipText(const std::shared_ptr<SafetensorsFile>& file, int64_t layers, TensorSource* src,
+                       std::string_view tower_prefix = kSd2TextPrefix, bool projection = false) {
+  const std::string prefix(tower_prefix);
   for (const auto& info : file->tensors()) {
     if (!StartsWith(info.name, prefix)) continue;
     std::string k = info.name.substr(prefix.size());
+    if (projection && k == "text_projection" && info.shape.size() == 2) {
+      TensorSource::Entry e = TensorSource::FileEntry(file, info, "text_projection.weight");
+      e.shape = {info.shape[1], info.shape[0]};
+      const std::string key = info.name;
+      e.get = [file, key]() -> StatusOr<at::Tensor> {
+        ASSIGN_OR_RETURN(at::Tensor t, file->Get(key));
+        return t.t().contiguous();
+      };
+      RETURN_IF_ERROR(src->Add(std::move(e)));
+      continue;
+    }
     if (k == "text_projection" || k == "logit_scale" || StartsWith(k, "visual.") || EndsWith(k, "position_ids")) {
       src->Ignore(info.name);
       continue;
@@ -547,6 +561,88 @@ StatusOr<std::string> DefaultTokenizerDir() {
                        "--model-config with a diffusers folder");
 }
 
+namespace {
+
+constexpr std::string_view kSdxlText1Prefix = "conditioner.embedders.0.transformer.";
+constexpr std::string_view kSdxlText2Prefix = "conditioner.embedders.1.model.";
+
+// An SDXL checkpoint, described by the diffusers folder options.model_config.
+StatusOr<SingleFilePlan> PlanSdxlSingleFile(const std::shared_ptr<SafetensorsFile>& file, const std::string& path,
+                                            const SingleFileOptions& options) {
+  const std::string folder = options.model_config;
+  if (folder.empty()) {
+    return UnimplementedError(path + " is an SDXL checkpoint (conditioner.embedders.*): pass --model-config with a "
+                              "diffusers SDXL folder (e.g. stable-diffusion-xl-base-1.0 without weights) for its "
+                              "configs, tokenizers and scheduler; sdfarm does not infer SDXL configs from tensors");
+  }
+  std::error_code ec;
+  for (const char* part : {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"}) {
+    if (!fs::is_directory(folder + "/" + part, ec)) {
+      return InvalidArgumentError("--model-config " + folder + " is not an SDXL folder: it has no " + part + "/");
+    }
+  }
+  if (!options.original_config.empty()) {
+    return UnimplementedError(path + ": SDXL checkpoints take their configs from --model-config, not an LDM yaml");
+  }
+  if (options.ema) return InvalidArgumentError(path + ": --ema is not supported for SDXL checkpoints");
+  SingleFilePlan plan;
+  plan.path = path;
+  plan.sdxl = true;
+  ASSIGN_OR_RETURN(plan.unet_config, ReadJsonFile(folder + "/unet/config.json"));
+  ASSIGN_OR_RETURN(plan.vae_config, ReadJsonFile(folder + "/vae/config.json"));
+  ASSIGN_OR_RETURN(plan.text_config, ReadJsonFile(folder + "/text_encoder/config.json"));
+  ASSIGN_OR_RETURN(plan.text_2_config, ReadJsonFile(folder + "/text_encoder_2/config.json"));
+  plan.text_2_config["architectures"] = {"CLIPTextModelWithProjection"};
+  plan.tokenizer_dir = folder + "/tokenizer";
+  plan.tokenizer_2_dir = folder + "/tokenizer_2";
+  if (fs::is_regular_file(folder + "/model_index.json", ec)) {
+    ASSIGN_OR_RETURN(nlohmann::json index, ReadJsonFile(folder + "/model_index.json"));
+    plan.force_zeros_for_empty_prompt = index.value("force_zeros_for_empty_prompt", true);
+  }
+  StableDiffusionModel tmp;
+  RETURN_IF_ERROR(LoadFolderScheduler(folder + "/scheduler/scheduler_config.json", &tmp, /*sd_pipeline_fixups=*/false));
+  plan.scheduler_config = tmp.scheduler_config;
+  plan.default_sampler = tmp.default_sampler;
+  if (!options.prediction_type.empty()) plan.scheduler_config.prediction_type = options.prediction_type;
+
+  ASSIGN_OR_RETURN(UNetConfig unet_cfg, UNetConfig::FromJson(plan.unet_config, path + " (UNet config)"));
+  ASSIGN_OR_RETURN(VaeConfig vae_cfg, VaeConfig::FromJson(plan.vae_config, path + " (VAE config)"));
+  const int L = static_cast<int>(unet_cfg.layers_per_block.front());
+  const int64_t text_2_layers = plan.text_2_config.value("num_hidden_layers", int64_t{0});
+  TensorSource text_raw;
+  for (const auto& info : file->tensors()) {
+    const std::string& name = info.name;
+    if (StartsWith(name, kUnetPrefix)) {
+      std::string key = name.substr(kUnetPrefix.size());
+      std::string target;
+      if (ReplacePrefix(&key, "label_emb.0.0.", "add_embedding.linear_1.") ||
+          ReplacePrefix(&key, "label_emb.0.2.", "add_embedding.linear_2.")) {
+        target = key;
+      } else {
+        target = UnetKeyToDiffusers(key, L);
+      }
+      RETURN_IF_ERROR(plan.unet.Add(TensorSource::FileEntry(file, info, target)));
+    } else if (StartsWith(name, kSdxlText1Prefix)) {
+      if (EndsWith(name, "position_ids")) {
+        text_raw.Ignore(name);
+        continue;
+      }
+      RETURN_IF_ERROR(text_raw.Add(TensorSource::FileEntry(file, info, name.substr(kSdxlText1Prefix.size()))));
+    } else if (StartsWith(name, kSdxlText2Prefix) || StartsWith(name, kVaePrefix)) {
+      continue;  // below
+    } else {
+      plan.unet.Ignore(name);  // schedule buffers, EMA copies and anything else outside the parts
+    }
+  }
+  ASSIGN_OR_RETURN(plan.text, WithTextModelPrefix(std::move(text_raw)));
+  RETURN_IF_ERROR(AddOpenClipText(file, text_2_layers, &plan.text_2, kSdxlText2Prefix, /*projection=*/true));
+  ASSIGN_OR_RETURN(plan.vae, LdmVaeSource(file, std::string(kVaePrefix),
+                                          static_cast<int>(vae_cfg.block_out_channels.size())));
+  return plan;
+}
+
+}  // namespace
+
 StatusOr<SingleFilePlan> PlanSingleFile(const std::string& path, const SingleFileOptions& options) {
   RETURN_IF_ERROR(CheckPredictionType(options.prediction_type));
   if (IsPickleCheckpoint(path)) return PickleRefusal(path);
@@ -568,12 +664,11 @@ StatusOr<SingleFilePlan> PlanSingleFile(const std::string& path, const SingleFil
     for (size_t i = 0; i < file->tensors().size() && i < 3; ++i) {
       examples += (i ? ", '" : "'") + file->tensors()[i].name + "'";
     }
-    if (AnyWithPrefix(ShapesUnder(*file, ""), "conditioner.embedders.")) {
-      return UnimplementedError(path + " looks like an SDXL checkpoint, which sdfarm does not load yet");
-    }
+
     return InvalidArgumentError(path + " is not a Stable Diffusion checkpoint: it has no model.diffusion_model.* "
                                 "(UNet) tensors" + (examples.empty() ? "" : " (it holds e.g. " + examples + ")"));
   }
+  if (!ShapesUnder(*file, kSdxlText2Prefix).empty()) return PlanSdxlSingleFile(file, path, options);
   const bool has_sd1_text = !ShapesUnder(*file, kSd1TextPrefix).empty();
   plan.sd2 = !ShapesUnder(*file, kSd2TextPrefix).empty();
   if (!plan.sd2 && !has_sd1_text) {
@@ -833,6 +928,14 @@ StatusOr<std::unique_ptr<StableDiffusionModel>> LoadSingleFile(const std::string
   ASSIGN_OR_RETURN(m->vae, MakeVae(std::move(vae_cfg), plan.vae, device, m->vae_dtype));
   m->scheduler_config = plan.scheduler_config;
   m->default_sampler = plan.default_sampler;
+  if (plan.sdxl) {
+    ASSIGN_OR_RETURN(ClipTokenizer tok2, ClipTokenizer::Load(plan.tokenizer_2_dir));
+    m->tokenizer_2 = std::make_unique<ClipTokenizer>(std::move(tok2));
+    ASSIGN_OR_RETURN(ClipTextConfig text_2_cfg,
+                     ClipTextConfig::FromJson(plan.text_2_config, path + " (text_encoder_2 config)"));
+    ASSIGN_OR_RETURN(m->text_encoder_2, MakeTextEncoder(std::move(text_2_cfg), plan.text_2, device, dtype));
+    m->force_zeros_for_empty_prompt = plan.force_zeros_for_empty_prompt;
+  }
   RETURN_IF_ERROR(CheckModelParts(*m, path));
   ASSIGN_OR_RETURN(m->hash, ModelHash({path}));
   m->load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -25,6 +25,13 @@
 // An SD 2.x file with none of the first three is refused as ambiguous (the
 // 512-base model predicts epsilon, the 768 one v).
 //
+// SDXL files (`conditioner.embedders.0.transformer.*` = CLIP-L in transformers'
+// names, `conditioner.embedders.1.model.*` = the OpenCLIP bigG tower with fused
+// in_proj and `text_projection` stored transposed, `model.diffusion_model.*`
+// with `label_emb.0.0/0.2` = add_embedding, `first_stage_model.*`) need
+// `model_config`, a diffusers SDXL folder: its configs, both tokenizers and
+// its scheduler (as diffusers' from_single_file takes them from the hub).
+//
 // Every tensor of the file is either loaded or on the explicit ignore list:
 // `model_ema.*` (unless ema), the 12 DDPM schedule buffers, `*position_ids`,
 // `logit_scale`, `text_projection`, OpenCLIP resblocks beyond the configured
@@ -66,6 +73,12 @@ struct SingleFilePlan {
   std::string tokenizer_dir;
   std::string pad_token;              // overrides the tokenizer's ("!" for SD 2.x); empty: its own
   TensorSource unet, vae, text;       // under the diffusers names
+  // SDXL: the second text encoder (CLIPTextModelWithProjection) and tokenizer.
+  bool sdxl = false;
+  nlohmann::json text_2_config;
+  std::string tokenizer_2_dir;
+  bool force_zeros_for_empty_prompt = true;
+  TensorSource text_2;
 };
 
 // True for the PyTorch pickle extensions (.ckpt .pt .pth .bin), which sdfarm

@@ -137,10 +137,16 @@ TextConditioning EncodeText(const ClipTokenizer& tokenizer, const ClipTextModel&
 
 at::Tensor RunUNetWithText(const UNet& unet, const at::Tensor& x, const at::Tensor& timestep,
                            const TextConditioning& text) {
-  if (text.groups.size() == 1) return unet.Forward(x, timestep, text.groups[0].context);
+  const bool added = text.text_embeds.defined();
+  AddedConditioning all;
+  if (added) all = {text.text_embeds, text.time_ids};
+  if (text.groups.size() == 1) return unet.Forward(x, timestep, text.groups[0].context, added ? &all : nullptr);
   at::Tensor out;
   for (const auto& group : text.groups) {
-    at::Tensor part = unet.Forward(x.index_select(0, group.rows), timestep, group.context);
+    AddedConditioning rows;
+    if (added) rows = {text.text_embeds.index_select(0, group.rows), text.time_ids.index_select(0, group.rows)};
+    at::Tensor part =
+        unet.Forward(x.index_select(0, group.rows), timestep, group.context, added ? &rows : nullptr);
     if (!out.defined()) {
       std::vector<int64_t> shape = part.sizes().vec();
       shape[0] = x.size(0);

@@ -43,6 +43,10 @@ struct TextConditioning {
   // row order, without prompt chunking (or when every row has as many chunks).
   std::vector<Group> groups;
   std::vector<int> dropped_tokens;  // per item: prompt tokens cut at the 77-token window (0 with chunking)
+  // SDXL (sdxl_conditioning.h): the UNet's added conditioning, one row per
+  // UNet batch row; undefined for SD 1.x/2.x.
+  at::Tensor text_embeds;  // [rows, projection_dim]
+  at::Tensor time_ids;     // [rows, 6]
 };
 
 TextConditioning EncodeText(const ClipTokenizer& tokenizer, const ClipTextModel& text_encoder,

@@ -1,5 +1,7 @@
 #include "worker/engine/text_encoder.h"
 
+#include <algorithm>
+
 #include "common/status_macros.h"
 #include "worker/engine/json_util.h"
 
@@ -16,6 +18,10 @@ StatusOr<ClipTextConfig> ClipTextConfig::FromJson(const nlohmann::json& j, const
   RETURN_IF_ERROR(GetJsonOr(j, "max_position_embeddings", &c.max_position_embeddings, c.max_position_embeddings, where));
   RETURN_IF_ERROR(GetJsonOr(j, "hidden_act", &c.hidden_act, c.hidden_act, where));
   RETURN_IF_ERROR(GetJsonOr(j, "layer_norm_eps", &c.layer_norm_eps, c.layer_norm_eps, where));
+  RETURN_IF_ERROR(GetJsonOr(j, "projection_dim", &c.projection_dim, c.projection_dim, where));
+  if (auto it = j.find("architectures"); it != j.end() && it->is_array()) {
+    for (const auto& a : *it) c.with_projection = c.with_projection || a == "CLIPTextModelWithProjection";
+  }
   if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu") {
     return UnimplementedError(where + ": hidden_act '" + c.hidden_act + "' is not supported (quick_gelu, gelu)");
   }
@@ -48,6 +54,9 @@ void ClipTextModel::Declare(const ParamSet::Scope& root) {
     l.fc2.Declare(s.Sub("mlp").Sub("fc2"), config_.intermediate_size, d);
   }
   final_layer_norm_.Declare(tm.Sub("final_layer_norm"), d, config_.layer_norm_eps);
+  if (config_.with_projection) {
+    root.Sub("text_projection").Add("weight", {config_.projection_dim, d}, &text_projection_);
+  }
 }
 
 at::Tensor ClipTextModel::RunLayer(const Layer& l, const at::Tensor& x) const {
@@ -78,6 +87,7 @@ ClipTextModel::Output ClipTextModel::Forward(const at::Tensor& input_ids, bool o
   at::Tensor eos = input_ids.to(at::kLong).argmax(-1);
   out.pooler_output = out.last_hidden_state.index(
       {at::arange(input_ids.size(0), input_ids.options().dtype(at::kLong)), eos});
+  if (config_.with_projection) out.text_embeds = at::linear(out.pooler_output, text_projection_);
   return out;
 }
 
@@ -90,6 +100,15 @@ at::Tensor ClipTextModel::Encode(const at::Tensor& input_ids, int clip_skip) con
   const int64_t run = std::max<int64_t>(0, config_.num_hidden_layers - (clip_skip - 1));
   for (int64_t i = 0; i < run; ++i) x = RunLayer(layers_[i], x);
   return final_layer_norm_(x);
+}
+
+at::Tensor ClipTextModel::LayerOutput(const at::Tensor& input_ids, int64_t layers) const {
+  const int64_t len = input_ids.size(1);
+  at::Tensor x = at::embedding(token_embedding_, input_ids) +
+                 position_embedding_.slice(0, 0, len).unsqueeze(0);
+  const int64_t run = std::clamp<int64_t>(layers, 0, config_.num_hidden_layers);
+  for (int64_t i = 0; i < run; ++i) x = RunLayer(layers_[i], x);
+  return x;
 }
 
 }  // namespace sdfarm::engine

@@ -1,6 +1,7 @@
 #include "worker/engine/unet.h"
 
 #include <cmath>
+#include <stdexcept>
 
 #include "common/status_macros.h"
 #include "worker/engine/json_util.h"
@@ -77,7 +78,20 @@ StatusOr<UNetConfig> UNetConfig::FromJson(const nlohmann::json& j, const std::st
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "act_fn", "silu", where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "class_embed_type", nullptr, where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "num_class_embeds", nullptr, where));
-  RETURN_IF_ERROR(CheckAbsentOrDefault(j, "addition_embed_type", nullptr, where));
+  if (auto it = j.find("addition_embed_type"); it != j.end() && !it->is_null()) {
+    if (*it != "text_time") {
+      return UnimplementedError(where + ": 'addition_embed_type' = " + it->dump() +
+                                " is not supported (supported: null, \"text_time\")");
+    }
+    c.addition_embed_type = "text_time";
+    RETURN_IF_ERROR(GetJson(j, "addition_time_embed_dim", &c.addition_time_embed_dim, where));
+    RETURN_IF_ERROR(GetJson(j, "projection_class_embeddings_input_dim", &c.projection_class_embeddings_input_dim,
+                            where));
+    if (c.addition_time_embed_dim <= 0 || c.projection_class_embeddings_input_dim <= 6 * c.addition_time_embed_dim) {
+      return InvalidArgumentError(where + ": 'text_time' needs addition_time_embed_dim > 0 and "
+                                  "projection_class_embeddings_input_dim > 6 x addition_time_embed_dim");
+    }
+  }
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "encoder_hid_dim", nullptr, where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "encoder_hid_dim_type", nullptr, where));
   RETURN_IF_ERROR(CheckAbsentOrDefault(j, "time_cond_proj_dim", nullptr, where));
@@ -138,6 +152,10 @@ void UNet::Declare(const ParamSet::Scope& root) {
   conv_in_.Declare(root.Sub("conv_in"), c.in_channels, c0, c.conv_in_kernel, 1, (c.conv_in_kernel - 1) / 2);
   time_linear_1_.Declare(root.Sub("time_embedding").Sub("linear_1"), c0, temb);
   time_linear_2_.Declare(root.Sub("time_embedding").Sub("linear_2"), temb, temb);
+  if (c.addition_embed_type == "text_time") {
+    add_linear_1_.Declare(root.Sub("add_embedding").Sub("linear_1"), c.projection_class_embeddings_input_dim, temb);
+    add_linear_2_.Declare(root.Sub("add_embedding").Sub("linear_2"), temb, temb);
+  }
 
   auto transformer_opts = [&](size_t i) {
     TransformerOptions o;
@@ -218,25 +236,57 @@ void UNet::Declare(const ParamSet::Scope& root) {
   conv_out_.Declare(root.Sub("conv_out"), c0, c.out_channels, c.conv_out_kernel, 1, (c.conv_out_kernel - 1) / 2);
 }
 
-at::Tensor UNet::TimestepEmbedding(const at::Tensor& timesteps, int64_t batch, at::ScalarType dtype) const {
-  const int64_t dim = config_.block_out_channels[0];
+at::Tensor SinusoidalEmbedding(const at::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos, double freq_shift) {
   const int64_t half = dim / 2;
   at::Tensor t = timesteps.reshape({-1}).to(at::kFloat);
-  if (t.numel() == 1) t = t.expand({batch});
   // diffusers' get_timestep_embedding, in float32.
   at::Tensor exponent = at::arange(half, t.options()) * (-std::log(10000.0));
-  exponent = exponent / (static_cast<double>(half) - config_.freq_shift);
+  exponent = exponent / (static_cast<double>(half) - freq_shift);
   at::Tensor emb = t.unsqueeze(1) * at::exp(exponent).unsqueeze(0);
   emb = at::cat({at::sin(emb), at::cos(emb)}, -1);
-  if (config_.flip_sin_to_cos) emb = at::cat({emb.slice(1, half), emb.slice(1, 0, half)}, -1);
+  if (flip_sin_to_cos) emb = at::cat({emb.slice(1, half), emb.slice(1, 0, half)}, -1);
   if (dim % 2 == 1) emb = at::constant_pad_nd(emb, {0, 1, 0, 0}, 0);
+  return emb;
+}
+
+at::Tensor UNet::TimestepEmbedding(const at::Tensor& timesteps, int64_t batch, at::ScalarType dtype) const {
+  at::Tensor t = timesteps.reshape({-1});
+  if (t.numel() == 1) t = t.expand({batch});
+  at::Tensor emb = SinusoidalEmbedding(t, config_.block_out_channels[0], config_.flip_sin_to_cos, config_.freq_shift);
   emb = emb.to(dtype);
   return time_linear_2_(at::silu(time_linear_1_(emb)));
 }
 
-at::Tensor UNet::Forward(const at::Tensor& sample, const at::Tensor& timesteps, const at::Tensor& context) const {
+at::Tensor UNet::AddEmbeddingInput(const AddedConditioning& added, at::ScalarType dtype) const {
+  // diffusers: add_time_proj(time_ids.flatten()) reshaped [B, -1], concatenated
+  // after text_embeds (type promotion to float32), then cast to emb's dtype.
+  const int64_t batch = added.text_embeds.size(0);
+  at::Tensor time_embeds = SinusoidalEmbedding(added.time_ids.reshape({-1}), config_.addition_time_embed_dim,
+                                               config_.flip_sin_to_cos, config_.freq_shift)
+                               .reshape({batch, -1});
+  return at::cat({added.text_embeds.to(at::kFloat), time_embeds}, -1).to(dtype);
+}
+
+at::Tensor UNet::AddEmbedding(const at::Tensor& add_embeds) const {
+  return add_linear_2_(at::silu(add_linear_1_(add_embeds)));
+}
+
+at::Tensor UNet::Forward(const at::Tensor& sample, const at::Tensor& timesteps, const at::Tensor& context,
+                         const AddedConditioning* added) const {
   const int64_t batch = sample.size(0);
   at::Tensor temb = TimestepEmbedding(timesteps.to(sample.device()), batch, sample.scalar_type());
+  if (!config_.addition_embed_type.empty()) {
+    if (added == nullptr || !added->text_embeds.defined() || !added->time_ids.defined()) {
+      throw std::invalid_argument("this UNet (addition_embed_type \"text_time\", SDXL) needs text_embeds and "
+                                  "time_ids");
+    }
+    if (added->text_embeds.size(0) != batch || added->time_ids.size(0) != batch ||
+        added->text_embeds.size(1) + 6 * config_.addition_time_embed_dim !=
+            config_.projection_class_embeddings_input_dim) {
+      throw std::invalid_argument("text_embeds / time_ids do not fit the UNet's add_embedding");
+    }
+    temb = temb + AddEmbedding(AddEmbeddingInput(*added, temb.scalar_type()));
+  }
   at::Tensor x = conv_in_(sample);
   std::vector<at::Tensor> res = {x};
   for (const DownBlock& b : down_) {

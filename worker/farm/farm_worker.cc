@@ -721,7 +721,7 @@ std::optional<sdfarm::v1::JobReport> FarmWorker::RenderJob(const ClaimedJob& que
   whole.prompt_chunking = payload->prompt_chunking;
   whole.seed_mode = engine::SeedMode::kPerImage;  // pixels equal sdfarm-render's, whatever the batch
   for (const JobItem& it : payload->items) {
-    whole.items.push_back({it.prompt, it.negative_prompt, it.seed, it.guidance_scale});
+    whole.items.push_back(RenderItemFor(it));
   }
   // The whole job up front: a bad request fails before any compute, and can
   // succeed nowhere else either.

@@ -54,6 +54,21 @@ engine::StatusOr<std::unique_ptr<Renderer>> LoadEngineRenderer(const std::string
   return std::unique_ptr<Renderer>(new EngineRenderer(std::move(engine).value(), model_name));
 }
 
+engine::RenderItem RenderItemFor(const JobItem& it) {
+  engine::RenderItem r;
+  r.prompt = it.prompt;
+  r.negative_prompt = it.negative_prompt;
+  r.seed = it.seed;
+  r.guidance_scale = it.guidance_scale;
+  r.prompt_2 = it.prompt_2;
+  r.negative_prompt_2 = it.negative_prompt_2;
+  r.micro = {it.original_width, it.original_height, it.crop_top, it.crop_left, it.target_width, it.target_height};
+  r.negative_micro = {it.negative_original_width, it.negative_original_height, it.negative_crop_top,
+                      it.negative_crop_left,      it.negative_target_width,    it.negative_target_height};
+  r.guidance_rescale = it.guidance_rescale;
+  return r;
+}
+
 std::string ModelNameFromDir(const std::string& model_dir) {
   std::error_code ec;
   std::filesystem::path p = std::filesystem::absolute(model_dir, ec);  // "." names the current folder

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/job_payload.h"
 #include "worker/engine/engine.h"
 
 namespace sdfarm::worker {
@@ -48,6 +49,10 @@ class Renderer {
 engine::StatusOr<std::unique_ptr<Renderer>> LoadEngineRenderer(const std::string& model_dir,
                                                                const engine::EngineOptions& options,
                                                                const std::string& model_name);
+
+// The engine item a job item describes (prompt, seeds, guidance and the SDXL
+// fields), so that a farm image equals sdfarm-render's for the same settings.
+engine::RenderItem RenderItemFor(const JobItem& item);
 
 // The model name a folder gives by default: its last path component, so that
 // "models/sd15/" serves "sd15" as "models/sd15" does (and "." the current

@@ -38,14 +38,30 @@ int Fail(const engine::Status& s, int code = 1) {
 void DefineFlags(CliFlags& f) {
   f.Add("model", "PATH", "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...) or a "
         "single-file checkpoint (.safetensors in the original LDM / A1111 / CivitAI layout)");
-  f.Add("model-config", "DIR", "single file: a diffusers folder whose configs, tokenizer and scheduler describe it");
+  f.Add("model-config", "DIR", "single file: a diffusers folder whose configs, tokenizer and scheduler describe it "
+        "(required for SDXL checkpoints)");
   f.Add("original-config", "YAML", "single file: its LDM config (default: <checkpoint>.yaml beside it, if present)");
   f.Add("prediction-type", "TYPE", "epsilon or v_prediction: overrides the configs (needed for an SD 2.x file "
         "without a yaml: 512-base is epsilon, 768-v is v_prediction)");
   f.AddBool("ema", "single file: use its EMA UNet weights (model_ema.*)");
   f.Add("vae", "PATH", "VAE to use instead of the model's: a diffusers VAE folder or a .safetensors VAE");
   f.Add("prompt", "TEXT", "what to render; give it several times for several prompts", std::nullopt, true);
-  f.Add("negative", "TEXT", "negative prompt (used when --guidance > 1)", "");
+  f.Add("negative", "TEXT", "negative prompt (used when --guidance > 1); on SDXL models, leaving it out gives zero "
+        "negative embeddings (force_zeros_for_empty_prompt) while --negative '' encodes the empty text, as diffusers",
+        "");
+  f.Add("prompt-2", "TEXT", "SDXL: the prompt for the second text encoder (default: --prompt)");
+  f.Add("negative-2", "TEXT", "SDXL: the negative prompt for the second text encoder (default: --negative)");
+  f.Add("original-size", "WxH", "SDXL micro-conditioning: the original image size the model should imitate "
+        "(default: the render size)");
+  f.Add("target-size", "WxH", "SDXL micro-conditioning: the target size (default: the render size)");
+  f.Add("crop-top-left", "TOP,LEFT", "SDXL micro-conditioning: crop coordinates (default: 0,0)");
+  f.Add("negative-original-size", "WxH", "SDXL: micro-conditioning of the negative branch; used together with "
+        "--negative-target-size (both or neither, as diffusers)");
+  f.Add("negative-target-size", "WxH", "SDXL: see --negative-original-size");
+  f.Add("negative-crop-top-left", "TOP,LEFT", "SDXL: negative crop coordinates (default 0,0; needs both negative "
+        "sizes)");
+  f.Add("guidance-rescale", "R", "diffusers' guidance_rescale in [0, 1] (rescales the guided prediction towards "
+        "the text prediction's std; 0.7 is common for v-prediction/zero-SNR models)", "0");
   f.Add("seed", "N", "seed of the first image; image k of a prompt uses N+k", "0");
   f.Add("seeds", "LIST", "explicit seeds, e.g. 0-9,42: one image per seed for each prompt");
   f.Add("guidance", "SCALE", "classifier-free guidance scale; <= 1 runs without guidance",
@@ -92,6 +108,13 @@ void DefineFlags(CliFlags& f) {
       "  sdfarm-render --model models/sd15 --prompt 'a castle' --lora loras/add_detail.safetensors:0.7 --lora style\n"
       "  sdfarm-render --model v1-5-pruned-emaonly.safetensors --vae vae-ft-mse-840000.safetensors --prompt 'a fox'\n"
       "  sdfarm-render --model v2-1_768-ema-pruned.safetensors --prediction-type v_prediction --prompt 'a fox'\n"
+      "  sdfarm-render --model models/sdxl-base --prompt 'a bowl of fruit' --prompt-2 'oil painting' --sampler model\n"
+      "  sdfarm-render --model models/sdxl-base --prompt 'a fox' --original-size 2048x2048 --crop-top-left 0,0\n"
+      "\nSDXL models (diffusers StableDiffusionXLPipeline folders) render at their native size (1024x1024 for\n"
+      "SDXL base) unless --size says otherwise. --prompt-2/--negative-2 feed the second text encoder; the\n"
+      "micro-conditioning flags take WIDTHxHEIGHT (diffusers' original_size/target_size are (height, width))\n"
+      "and default to the render size. SDXL-only flags on other models are an error. --sampler model gives\n"
+      "the model's scheduler (Euler, \"leading\" spacing for SDXL base), i.e. diffusers' pipeline default.\n"
       "\nPickle checkpoints (.ckpt, .pt) are refused: convert them to .safetensors first.\n"
       "\nEach image is written as <out>/<index>-seed<seed>-cfg<guidance>.png with its parameters embedded\n"
       "in AUTOMATIC1111's format (PNG Info, Civitai and other tools read it). Files of an earlier run are\n"
@@ -102,20 +125,64 @@ void DefineFlags(CliFlags& f) {
       "is the quick one; 512x512 with SD 1.5 takes minutes per image.\n");
 }
 
-// "512x768" -> {512, 768}.
-engine::StatusOr<std::pair<int, int>> ParseSize(const std::string& text) {
-  const size_t x = text.find_first_of("xX");
-  auto dim = [](const std::string& part, int* out) {
+// "512x768" -> {512, 768}; `sep` separates the two numbers.
+engine::StatusOr<std::pair<int, int>> ParsePair(const std::string& flag, const std::string& text, const char* sep,
+                                                int min, int max, const std::string& what) {
+  const size_t x = text.find_first_of(sep);
+  auto dim = [&](const std::string& part, int* out) {
     if (part.empty() || part.size() > 5 || part.find_first_not_of("0123456789") != std::string::npos) return false;
     *out = std::stoi(part);
-    return *out >= 8 && *out <= 8192;
+    return *out >= min && *out <= max;
   };
-  std::pair<int, int> size;
-  if (x == std::string::npos || !dim(text.substr(0, x), &size.first) || !dim(text.substr(x + 1), &size.second)) {
-    return engine::InvalidArgumentError("--size must be WIDTHxHEIGHT in pixels, each in [8, 8192], e.g. 512x768; "
-                                        "got '" + text + "'");
+  std::pair<int, int> pair;
+  if (x == std::string::npos || !dim(text.substr(0, x), &pair.first) || !dim(text.substr(x + 1), &pair.second)) {
+    return engine::InvalidArgumentError("--" + flag + " must be " + what + ", each in [" + std::to_string(min) + ", " +
+                                        std::to_string(max) + "]; got '" + text + "'");
+  }
+  return pair;
+}
+
+engine::StatusOr<std::pair<int, int>> ParseSize(const std::string& text) {
+  auto size = ParsePair("size", text, "xX", 8, 8192, "WIDTHxHEIGHT in pixels, e.g. 512x768");
+  if (size.ok() && (size->first % 8 != 0 || size->second % 8 != 0)) {
+    return engine::InvalidArgumentError("--size must be multiples of 8 (the VAE's scale), got '" + text + "'");
   }
   return size;
+}
+
+// The SDXL micro-conditioning flags (sizes WxH, crops TOP,LEFT) into `item`.
+engine::Status ParseMicroConditioning(const CliFlags& flags, engine::RenderItem* item) {
+  struct SizeFlag {
+    const char* flag;
+    int* width;
+    int* height;
+  };
+  engine::MicroConditioning& m = item->micro;
+  engine::MicroConditioning& n = item->negative_micro;
+  for (const SizeFlag& f : {SizeFlag{"original-size", &m.original_width, &m.original_height},
+                            SizeFlag{"target-size", &m.target_width, &m.target_height},
+                            SizeFlag{"negative-original-size", &n.original_width, &n.original_height},
+                            SizeFlag{"negative-target-size", &n.target_width, &n.target_height}}) {
+    if (!flags.Has(f.flag)) continue;
+    auto v = ParsePair(f.flag, flags.Get(f.flag), "xX", 1, 65536, "WIDTHxHEIGHT in pixels, e.g. 1024x1024");
+    if (!v.ok()) return v.status();
+    *f.width = v->first;
+    *f.height = v->second;
+  }
+  for (const SizeFlag& f : {SizeFlag{"crop-top-left", &m.crop_top, &m.crop_left},
+                            SizeFlag{"negative-crop-top-left", &n.crop_top, &n.crop_left}}) {
+    if (!flags.Has(f.flag)) continue;
+    auto v = ParsePair(f.flag, flags.Get(f.flag), ",", 0, 65536, "TOP,LEFT in pixels, e.g. 0,0");
+    if (!v.ok()) return v.status();
+    *f.width = v->first;   // top
+    *f.height = v->second;  // left
+  }
+  const bool neg_orig = flags.Has("negative-original-size"), neg_target = flags.Has("negative-target-size");
+  if (neg_orig != neg_target || (flags.Has("negative-crop-top-left") && !neg_orig)) {
+    return engine::InvalidArgumentError("--negative-original-size and --negative-target-size go together (diffusers "
+                                        "ignores either one, and --negative-crop-top-left, without the other)");
+  }
+  return engine::OkStatus();
 }
 
 // The input image or mask at the size being rendered: resized as diffusers
@@ -177,8 +244,9 @@ int RunRender(int argc, char** argv) {
   auto threads = flags.GetInt("threads", 0, 1024);
   auto strength = flags.GetDouble("strength", 0, 1);
   auto clip_skip = flags.GetInt("clip-skip", 1, 64);
+  auto guidance_rescale = flags.GetDouble("guidance-rescale", 0, 1);
   for (const engine::Status& s : {steps.status(), guidance.status(), nipp.status(), batch.status(), threads.status(),
-                                  strength.status(), clip_skip.status()}) {
+                                  strength.status(), clip_skip.status(), guidance_rescale.status()}) {
     if (!s.ok()) return Fail(s, 2);
   }
   std::vector<uint64_t> seeds;
@@ -268,9 +336,22 @@ int RunRender(int argc, char** argv) {
     if (!flags.Has("strength")) base.strength = 1.0;  // inpainting repaints fully unless told otherwise
   }
 
+  RenderItem item_base;
+  item_base.negative_prompt = flags.Get("negative");
+  item_base.empty_negative_is_text = flags.Has("negative");  // --negative '' is the text "", not "none"
+  item_base.prompt_2 = flags.Get("prompt-2");
+  item_base.negative_prompt_2 = flags.Get("negative-2");
+  item_base.guidance_scale = *guidance;
+  item_base.guidance_rescale = *guidance_rescale;
+  if (auto s = ParseMicroConditioning(flags, &item_base); !s.ok()) return Fail(s, 2);
   std::vector<RenderItem> items;
   for (const auto& p : prompts) {
-    for (uint64_t seed : seeds) items.push_back({p, flags.Get("negative"), seed, *guidance});
+    for (uint64_t seed : seeds) {
+      RenderItem item = item_base;
+      item.prompt = p;
+      item.seed = seed;
+      items.push_back(std::move(item));
+    }
   }
 
   const std::string out_dir = flags.Get("out");
@@ -288,9 +369,6 @@ int RunRender(int argc, char** argv) {
       }
     }
   }
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) return Fail(engine::UnavailableError("cannot create output folder " + out_dir + ": " + ec.message()));
 
   EngineOptions options;
   options.device = flags.Get("device");
@@ -318,6 +396,10 @@ int RunRender(int argc, char** argv) {
     probe.items = items;
     if (auto s = (*engine)->Validate(probe); !s.ok()) return Fail(s, 2);
   }
+  // Only now: a refused request leaves nothing behind.
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return Fail(engine::UnavailableError("cannot create output folder " + out_dir + ": " + ec.message()));
   if (!quiet) {
     for (const engine::LoraRef& l : base.loras) {
       auto lora = (*engine)->LoadLora(l.path);  // cached by Validate
