@@ -540,6 +540,11 @@ class Coordinator::Impl {
   absl::StatusOr<RedisReply> Eval(RedisClient* redis, std::vector<std::string> argv) {
     return lease_->Eval(redis, std::move(argv));
   }
+  // Claims (XREADGROUP, XAUTOCLAIM) and lease renewals are single commands,
+  // not scripts: they run right after this guarded no-op, so a coordinator
+  // that lost the lease (stalled past it while another took over) exits
+  // before handing out or renewing anything.
+  absl::Status CheckLeader(RedisClient* redis) { return Eval(redis, {"EVAL", "return 1", "0"}).status(); }
   absl::Status LoadSweeps();
   // Loads the sweeps LoadSweeps could not for a transient reason.
   void LoadMissingSweeps();
@@ -1551,6 +1556,7 @@ absl::StatusOr<std::optional<QueuedJob>> Coordinator::Impl::TryClaim(const std::
   }
   // A pooled connection only for the Redis calls, never while waiting.
   ASSIGN_OR_RETURN(auto redis, pool_.Acquire());
+  RETURN_IF_ERROR(CheckLeader(redis.get()));
   JobQueue q(redis.get(), opt_.key_prefix);
   const std::string stream = StreamKey(model);
   // 1. What it held before it registered again: its own restart (same
@@ -1698,7 +1704,7 @@ grpc::Status Coordinator::Impl::Heartbeat(grpc::ServerContext* ctx, const pb::He
     // Renewing the lease is the heartbeat's job: each held delivery, if it is
     // still this worker's and still that job, gets its idle time reset.
     auto redis = pool_.Acquire();
-    if (redis.ok()) {
+    if (redis.ok() && CheckLeader(redis->get()).ok()) {
       for (const Held& h : held) {
         auto b = RenewBinding(redis->get(), Delivery(*h.sweep, worker, h.stream_id, h.job_id, h.job_index));
         if (!b.ok()) continue;  // Redis trouble: the lease is long; the next heartbeat tries again
