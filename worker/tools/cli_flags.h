@@ -15,6 +15,7 @@
 #ifndef SDFARM_WORKER_TOOLS_CLI_FLAGS_H_
 #define SDFARM_WORKER_TOOLS_CLI_FLAGS_H_
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
