@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,11 +16,16 @@
 #include "common/log_time.h"
 #include "common/redis_client.h"
 #include "coordinator/coordinator_service.h"
+#include "coordinator/listener_limits.h"
+#include "coordinator/listener_probe.h"
 #include "worker/tools/cli_flags.h"
 
 namespace {
 
 using sdfarm::tools::CliFlags;
+
+// Set by the self-probe when the listener stopped accepting (exit status 3).
+std::atomic<bool> g_listener_dead{false};
 
 int Fail(const std::string& message, int code = 1) {
   std::fprintf(stderr, "sdfarm-coordinator: error: %s\n", message.c_str());
@@ -36,6 +42,28 @@ absl::StatusOr<std::string> Token(const CliFlags& flags, const std::string& name
     return t;
   }
   return flags.Get(name);
+}
+
+// Credentials to reach this coordinator's own listener: with TLS, its own
+// certificate (chain) as the trusted root.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ProbeCredentials(const CliFlags& flags) {
+  if (!flags.Has("tls-cert")) return grpc::InsecureChannelCredentials();
+  auto cert = sdfarm::ReadSmallFile(flags.Get("tls-cert"));
+  if (!cert.ok()) return cert.status();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = *cert;
+  return grpc::SslCredentials(ssl);
+}
+
+// --health-check HOST:PORT: one check, exit 0 (serving) or 1.
+int HealthCheck(const CliFlags& flags) {
+  auto creds = ProbeCredentials(flags);
+  if (!creds.ok()) return Fail(std::string(creds.status().message()));
+  const std::string address = flags.Get("health-check");
+  absl::Status s = sdfarm::coordinator::CheckHealth(address, *creds, absl::Seconds(5));
+  if (!s.ok()) return Fail("coordinator at " + address + " is not healthy: " + s.ToString(), 1);
+  std::printf("coordinator at %s: serving\n", address.c_str());
+  return 0;
 }
 
 int Run(int argc, char** argv) {
@@ -81,6 +109,25 @@ int Run(int argc, char** argv) {
   flags.Add("max-images", "N", "largest sweep accepted", "10000000");
   flags.Add("max-watchers", "N", "concurrent `sdfarm watch` streams accepted", "1000");
   flags.Add("key-prefix", "PREFIX", "prefix of every Redis key", "sdfarm");
+  flags.Add("max-threads", "N",
+            "handler threads: every call in progress (a report stream, a watch) holds one; beyond this, new calls "
+            "are refused with RESOURCE_EXHAUSTED",
+            "1500");
+  flags.Add("max-streams-per-connection", "N", "concurrent calls on one connection", "100");
+  flags.Add("idle-connection-timeout", "SECONDS", "a connection without any call for this long is closed", "300");
+  flags.Add("report-idle-timeout", "SECONDS",
+            "a worker's report stream that sends nothing for this long is cancelled (workers send telemetry "
+            "every step)",
+            "300");
+  flags.Add("health-probe-interval", "SECONDS",
+            "every SECONDS, check (grpc.health.v1 on a new connection to itself) that the listener still "
+            "accepts; 0: never",
+            "5");
+  flags.Add("health-probe-failures", "N",
+            "after N failed self-checks in a row, log why and exit with status 3 so a supervisor restarts it", "6");
+  flags.Add("health-check", "HOST:PORT",
+            "do not serve: check that the coordinator at HOST:PORT answers its health check (exit 0) or not "
+            "(exit 1), for a supervisor's liveness probe (with --tls-cert: verify TLS with that certificate)");
   flags.SetEpilog(
       "Examples:\n"
       "  SDFARM_CLIENT_TOKEN=$(cat client.token) SDFARM_WORKER_TOKEN=$(cat worker.token) \\\n"
@@ -91,6 +138,19 @@ int Run(int argc, char** argv) {
   if (flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
     return 0;
+  }
+  if (flags.Has("health-check")) return HealthCheck(flags);
+
+  // gRPC 1.51 stops accepting for good once it runs out of descriptors.
+  if (auto limit = sdfarm::coordinator::RaiseFileLimit(); limit.ok()) {
+    std::fprintf(stderr, "%s sdfarm-coordinator: file descriptor limit %llu%s\n", sdfarm::LogTimestamp().c_str(),
+                 static_cast<unsigned long long>(limit->now),
+                 limit->now != limit->before
+                     ? absl::StrCat(" (raised from ", limit->before, " to the hard limit)").c_str()
+                     : " (the hard limit)");
+  } else {
+    std::fprintf(stderr, "%s sdfarm-coordinator: warning: %s\n", sdfarm::LogTimestamp().c_str(),
+                 std::string(limit.status().message()).c_str());
   }
 
   sdfarm::coordinator::CoordinatorOptions opt;
@@ -114,10 +174,22 @@ int Run(int argc, char** argv) {
   auto max_images = flags.GetInt("max-images", 1, INT64_MAX);
   auto max_watchers = flags.GetInt("max-watchers", 1, 1000000);
   auto heartbeat_timeout = flags.GetDouble("heartbeat-timeout", 3, 3600);
+  auto max_threads = flags.GetInt("max-threads", 16, 100000);
+  auto max_streams = flags.GetInt("max-streams-per-connection", 1, 100000);
+  auto idle_connection = flags.GetDouble("idle-connection-timeout", 1, 86400);
+  auto report_idle = flags.GetDouble("report-idle-timeout", 1, 86400);
+  auto probe_interval = flags.GetDouble("health-probe-interval", 0, 3600);
+  auto probe_failures = flags.GetInt("health-probe-failures", 1, 1000);
   for (const auto* s : {&heartbeat_timeout.status(), &lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status(),
-                        &max_watchers.status()}) {
+                        &max_watchers.status(), &max_threads.status(), &max_streams.status(), &idle_connection.status(),
+                        &report_idle.status(), &probe_interval.status(), &probe_failures.status()}) {
     if (!s->ok()) return Fail(s->message(), 2);
   }
+  opt.report_idle_timeout = absl::Seconds(*report_idle);
+  sdfarm::coordinator::ListenerLimits limits;
+  limits.max_threads = static_cast<int>(*max_threads);
+  limits.max_streams_per_connection = static_cast<int>(*max_streams);
+  limits.max_connection_idle = absl::Seconds(*idle_connection);
   opt.lease = absl::Seconds(*lease);
   opt.heartbeat_timeout = absl::Seconds(*heartbeat_timeout);
   opt.max_attempts = static_cast<int>(*attempts);
@@ -149,13 +221,13 @@ int Run(int argc, char** argv) {
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     creds = grpc::SslServerCredentials(ssl);
   }
+  grpc::EnableDefaultHealthCheckService(true);  // grpc.health.v1, for the self-probe and supervisors
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(flags.Get("listen"), creds, &port);
   builder.RegisterService((*coordinator)->client_service());
   builder.RegisterService((*coordinator)->worker_service());
-  builder.SetMaxReceiveMessageSize(64 << 20);
-  builder.SetMaxSendMessageSize(64 << 20);
+  sdfarm::coordinator::ApplyListenerLimits(limits, &builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return Fail("cannot serve on " + flags.Get("listen") + " (address in use or invalid)");
   std::fprintf(stderr, "%s sdfarm-coordinator: serving on port %d%s (%s), output root %s, Redis %s:%d\n", sdfarm::LogTimestamp().c_str(), port,
@@ -173,15 +245,36 @@ int Run(int argc, char** argv) {
     if (ec) return Fail("cannot write " + path + ": " + ec.message());
   }
 
+  std::unique_ptr<sdfarm::coordinator::ListenerProbe> probe;
+  if (*probe_interval > 0) {
+    sdfarm::coordinator::ListenerProbeOptions po;
+    po.address = sdfarm::coordinator::ProbeAddress(flags.Get("listen"), port);
+    po.interval = absl::Seconds(*probe_interval);
+    po.max_failures = static_cast<int>(*probe_failures);
+    auto probe_creds = ProbeCredentials(flags);
+    if (!probe_creds.ok()) return Fail(std::string(probe_creds.status().message()));
+    po.creds = *probe_creds;
+    probe = std::make_unique<sdfarm::coordinator::ListenerProbe>(po, [po](const absl::Status& why) {
+      std::fprintf(stderr,
+                   "%s sdfarm-coordinator: error: the listener no longer answers its health check on %s (%d checks "
+                   "in a row; last: %s); exiting with status 3 so that a supervisor restarts the coordinator\n",
+                   sdfarm::LogTimestamp().c_str(), po.address.c_str(), po.max_failures, why.ToString().c_str());
+      g_listener_dead.store(true);
+      kill(getpid(), SIGTERM);
+    });
+  }
+
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "%s sdfarm-coordinator: %s: shutting down\n", sdfarm::LogTimestamp().c_str(), sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fprintf(stderr, "%s sdfarm-coordinator: %s: shutting down\n", sdfarm::LogTimestamp().c_str(),
+               g_listener_dead.load() ? "listener dead" : sig == SIGINT ? "SIGINT" : "SIGTERM");
+  if (probe) probe->Stop();
   (*coordinator)->Shutdown();  // ends watch streams first, so the server can drain
   // In-flight calls get 3 s; workers resend unacknowledged reports anyway.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   server->Wait();
   std::fprintf(stderr, "%s sdfarm-coordinator: stopped\n", sdfarm::LogTimestamp().c_str());
-  return 0;
+  return g_listener_dead.load() ? 3 : 0;
 }
 
 }  // namespace

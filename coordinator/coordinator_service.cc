@@ -26,8 +26,11 @@
 #include "common/job_payload.h"
 #include "common/log_time.h"
 #include "common/status_macros.h"
+#include "coordinator/idle_stream_watchdog.h"
 #include "coordinator/job_queue.h"
+#include "coordinator/png_header_check.h"
 #include "coordinator/sweep_expander.h"
+#include "coordinator/sweep_folder_reader.h"
 #include "coordinator/sweep_output.h"
 #include "coordinator/throughput.h"
 #include "sdfarm.grpc.pb.h"
@@ -285,6 +288,20 @@ redis.call('ZREM', KEYS[7], ARGV[1])
 return 1
 )lua";
 
+// KEYS: stream. ARGV: group, worker, stream id. Takes a job whose images the
+// coordinator could not store (disk full, sweep folder replaced) out of the
+// stream without counting a failure: its in-flight record stays, so the
+// reconciler enqueues it again (a fresh entry, deliveries from 1) once
+// storage is retried. Returns 1 taken out, 0 not pending, -1 another owner.
+constexpr char kHoldJobForStorageScript[] = R"lua(
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p.err or #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+)lua";
+
 // KEYS: stream, inflight hash. ARGV: group, lease ms. The in-flight jobs of a
 // sweep whose stream entry is gone although the job was never acked (the
 // stream was trimmed, or the entry deleted by hand: XTRIM and XDEL delete
@@ -386,6 +403,10 @@ struct Sweep {
   double pass = 0;  // stride scheduling: advances by 1/priority per job enqueued
   std::map<std::string, Throughput> worker_rates;  // worker id -> its images of this sweep
   std::set<std::string> warnings;                  // lasting notes (prompts cut at 77 tokens)
+  // Why its images cannot be stored now (disk full, folder replaced); "" when
+  // they can. Its held jobs are enqueued again from storage_retry_at on.
+  std::string storage_problem;
+  absl::Time storage_retry_at = absl::InfinitePast();
   uint64_t version = 1;  // bumped on every change a watcher should see
   uint64_t seq = 0;      // numbering of recent_files / recent_failures
   std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures, recent_warnings;
@@ -415,8 +436,58 @@ constexpr absl::Duration kReconcileInterval = absl::Seconds(2);
 // Largest spec_json a Submit may carry (100,000 prompts of 300 characters).
 constexpr size_t kMaxSpecBytes = size_t{32} << 20;
 
+// How long a sweep whose images could not be stored waits before its held
+// jobs are handed out again.
+constexpr absl::Duration kStorageRetryInterval = absl::Seconds(5);
+
+// Storage errors of the coordinator's own, not the worker's: a full disk
+// (RESOURCE_EXHAUSTED) or a sweep folder that is not the one it opened
+// (FAILED_PRECONDITION); see sweep_output.h.
+bool IsStorageProblem(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kResourceExhausted || s.code() == absl::StatusCode::kFailedPrecondition;
+}
+
+// The status line of a sweep whose images cannot be stored.
+std::string StorageWarning(const Sweep& s) {
+  return absl::StrCat("cannot store images: ", s.storage_problem, "; the jobs wait and are retried every ",
+                      absl::FormatDuration(kStorageRetryInterval), " (not counted as failures)");
+}
+
 // How long start-up waits for Redis to answer.
 constexpr absl::Duration kStartupRedisWait = absl::Seconds(60);
+
+// A sweep hash whose name or model disagrees with its own spec was forged
+// (or corrupted): it is refused rather than trusted.
+absl::Status CheckSweepHashMatchesSpec(const std::string& id, const std::map<std::string, std::string>& hash,
+                                       const SweepSpec& spec) {
+  for (const auto& [field, want] : {std::pair<std::string, std::string>{"name", spec.name}, {"model", spec.model}}) {
+    auto it = hash.find(field);
+    if (it != hash.end() && it->second != want) {
+      return absl::DataLossError(absl::StrCat("sweep ", id, ": the ", field, " in Redis ('", it->second,
+                                              "') is not its spec's ('", want, "'); refusing to load it"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The identifiers of a report stream's first message, checked before any
+// lookup: a job id "<sweep id>/<index>" (ParseJobId), a stream id "<ms>-<seq>"
+// and a worker id that is a plain name.
+grpc::Status ValidateReportHeader(const pb::JobReport& msg) {
+  auto parsed = ParseJobId(msg.job_id());
+  if (!parsed.ok() || parsed->second < 0 || msg.job_id().size() > 200) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, "malformed job id in the report"};
+  }
+  const std::string& id = msg.job_stream_id();
+  const size_t dash = id.find('-');
+  const bool digits = !id.empty() && id.size() <= 41 && dash != std::string::npos && dash > 0 &&
+                      dash + 1 < id.size() &&
+                      std::all_of(id.begin(), id.end(), [](char c) { return (c >= '0' && c <= '9') || c == '-'; }) &&
+                      id.find('-', dash + 1) == std::string::npos;
+  if (!digits) return {grpc::StatusCode::INVALID_ARGUMENT, "malformed job stream id in the report"};
+  if (!IsSafeFileName(msg.worker_id())) return {grpc::StatusCode::INVALID_ARGUMENT, "malformed worker id in the report"};
+  return grpc::Status::OK;
+}
 
 // Errors that a later attempt may not get: Redis unreachable, restarting,
 // too slow, or the connection broke.
@@ -430,7 +501,8 @@ bool IsTransient(const absl::Status& s) {
 
 class Coordinator::Impl {
  public:
-  explicit Impl(CoordinatorOptions options) : opt_(std::move(options)), pool_(opt_.redis) {}
+  explicit Impl(CoordinatorOptions options)
+      : opt_(std::move(options)), pool_(opt_.redis), report_watchdog_(opt_.report_idle_timeout) {}
 
   absl::Status Start();
   void Shutdown();
@@ -475,6 +547,8 @@ class Coordinator::Impl {
   std::string SweepKey(const std::string& id) const { return Key("sweep:" + id); }
   std::string StreamKey(const std::string& model) const { return Key("jobs:" + model); }
   std::string DeadKey(const std::string& model) const { return Key("dead:" + model); }
+  // A sweep's folder: from the output root and the validated name only.
+  std::string SweepDir(const std::string& name) const { return opt_.output_root + "/" + name; }
 
   absl::Status StartWithRedis();
   absl::Status LoadSweeps();
@@ -518,6 +592,17 @@ class Coordinator::Impl {
   absl::Status Reconcile(Sweep& s);
   JobPayload PayloadFor(const Sweep& s, int64_t job_index) const;
 
+  // The checks a reported image passes before any decoding: the reporter owns
+  // the job (sets *lost otherwise), then the PNG header (png_header_check.h).
+  absl::Status CheckImageBeforeDecoding(Sweep& s, const std::string& worker, const std::string& stream_id,
+                                        const Item& item, const pb::FinishedImage& image, RedisClient* redis,
+                                        bool* lost);
+  // An image `why` could not be stored (IsStorageProblem): the sweep's status
+  // says so, and the job leaves the stream without counting a failure; it is
+  // handed out again after kStorageRetryInterval, and again, until the
+  // images can be written.
+  void HoldJobForStorage(Sweep& s, const std::string& worker, const std::string& stream_id, const absl::Status& why,
+                         RedisClient* redis);
   // Handles one reported image; sets *lost / *cancelled when it was discarded.
   absl::Status HandleImage(Sweep& s, const std::string& worker, int64_t job_index, const std::string& stream_id,
                            const pb::FinishedImage& image, absl::Time job_started, RedisClient* redis, bool* lost,
@@ -525,6 +610,7 @@ class Coordinator::Impl {
 
   CoordinatorOptions opt_;
   RedisPool pool_;
+  IdleStreamWatchdog report_watchdog_;
 
   absl::Mutex mu_;
   absl::CondVar changed_;
@@ -678,13 +764,16 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
   if (f.empty()) return absl::NotFoundError("sweep " + id + " has no state in Redis");
   auto s = std::make_shared<Sweep>();
   s->id = id;
-  s->name = f["name"];
-  s->model = f["model"];
   s->request_id = f["request_id"];
   nlohmann::json spec_json = nlohmann::json::parse(f["spec"], nullptr, false);
   SweepLimits limits = opt_.limits;
   limits.max_images = INT64_MAX;  // accepted once; a later, smaller limit must not strand it
   ASSIGN_OR_RETURN(s->spec, SweepSpec::FromJson(spec_json, limits, 0));
+  // Names (and so keys and paths) come from the validated spec, never from
+  // other fields of the hash, which anyone with Redis access may have forged.
+  RETURN_IF_ERROR(CheckSweepHashMatchesSpec(id, f, s->spec));
+  s->name = s->spec.name;
+  s->model = s->spec.model;
   auto num = [&](const char* k) -> int64_t {
     int64_t v = 0;
     (void)absl::SimpleAtoi(f[k], &v);
@@ -696,7 +785,7 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
   s->jobs = s->expander->num_jobs();
   s->created_ms = num("created_ms");
   s->priority = s->spec.priority;
-  s->output_dir = f["output_dir"];
+  s->output_dir = SweepDir(s->name);
   for (uint64_t seed : s->spec.seeds) {
     const uint64_t last = seed + static_cast<uint64_t>(std::max(0, s->spec.images_per_combination - 1));
     if (seed > static_cast<uint64_t>(INT64_MAX) || last > static_cast<uint64_t>(INT64_MAX) || last < seed) {
@@ -842,6 +931,7 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
   out->set_output_dir(s.output_dir);
   for (const std::string& w : s.warnings) out->add_warnings(w);
   if (Terminal(s.state)) return;
+  if (!s.storage_problem.empty()) out->add_warnings(StorageWarning(s));
   out->set_live_workers(LiveWorkers(s.model));
   // The sweep's rate is the sum of its live workers' rates: a lost worker
   // stops counting at once, so the ETA follows the workers that are left.
@@ -951,7 +1041,7 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
   }
 
   // The folder must not hold another sweep's images.
-  const std::string dir = opt_.output_root + "/" + spec->name;
+  const std::string dir = SweepDir(spec->name);
   {
     absl::MutexLock lock(&mu_);
     if (!names_.count(spec->name) && std::filesystem::exists(dir + "/metadata.jsonl")) {
@@ -1230,34 +1320,24 @@ grpc::Status Coordinator::Impl::Get(grpc::ServerContext* ctx, const std::string&
                                     grpc::ServerWriter<pb::FileChunk>* writer) {
   std::shared_ptr<Sweep> s = Find(ref);
   if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
-  std::vector<std::string> files;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(s->output_dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && IsSafeFileName(name)) files.push_back(name);
-  }
-  if (ec) return {grpc::StatusCode::UNAVAILABLE, "cannot list " + s->output_dir + ": " + ec.message()};
-  std::sort(files.begin(), files.end());
+  // The folder is recomputed from the validated name and opened without
+  // following symlinks; so is every file in it (sweep_folder_reader.h).
+  auto folder = SweepFolderReader::Open(SweepDir(s->name));
+  if (!folder.ok()) return ToGrpc(folder.status());
   constexpr size_t kChunk = 1 << 20;
-  std::string buf(kChunk, '\0');
-  for (const std::string& name : files) {
-    std::ifstream in(s->output_dir + "/" + name, std::ios::binary);
-    if (!in) continue;  // removed meanwhile
-    int64_t offset = 0;
-    while (true) {
-      if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "cancelled by the client"};
-      in.read(buf.data(), static_cast<std::streamsize>(kChunk));
-      const std::streamsize n = in.gcount();
+  for (const std::string& name : (*folder)->Files()) {
+    absl::Status st = (*folder)->ReadFile(name, kChunk, [&](int64_t offset, std::string_view data, bool last) {
+      if (ctx->IsCancelled()) return absl::CancelledError("cancelled by the client");
       pb::FileChunk chunk;
       chunk.set_path(name);
       chunk.set_offset(offset);
-      chunk.set_data(buf.data(), static_cast<size_t>(n));
-      const bool last = n < static_cast<std::streamsize>(kChunk) || in.peek() == EOF;
+      chunk.set_data(data.data(), data.size());
       chunk.set_last(last);
-      if (!writer->Write(chunk)) return {grpc::StatusCode::CANCELLED, "client went away"};
-      offset += n;
-      if (last) break;
-    }
+      if (!writer->Write(chunk)) return absl::CancelledError("client went away");
+      return absl::OkStatus();
+    });
+    if (absl::IsNotFound(st)) continue;  // removed meanwhile
+    if (!st.ok()) return ToGrpc(st);
   }
   return grpc::Status::OK;
 }
@@ -1351,6 +1431,43 @@ grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::H
   return grpc::Status::OK;
 }
 
+void Coordinator::Impl::HoldJobForStorage(Sweep& s, const std::string& worker, const std::string& stream_id,
+                                          const absl::Status& why, RedisClient* redis) {
+  {
+    absl::MutexLock lock(&mu_);
+    const std::string problem(why.message());
+    if (s.storage_problem != problem) {
+      Log(absl::StrCat("sweep ", s.name, ": cannot store images: ", problem, "; its jobs wait and are retried every ",
+                       absl::FormatDuration(kStorageRetryInterval), " (not counted as failures)"));
+      s.storage_problem = problem;
+      s.recent_warnings.emplace_back(++s.seq, StorageWarning(s));
+      if (s.recent_warnings.size() > kRecentEvents) s.recent_warnings.pop_front();
+    }
+    s.storage_retry_at = absl::Now() + kStorageRetryInterval;
+    Changed(s);
+  }
+  auto r = redis->Command({"EVAL", kHoldJobForStorageScript, "1", StreamKey(s.model), JobQueue::kGroup, worker,
+                           stream_id});
+  // On a Redis error the job simply stays the worker's until its lease ends.
+  if (!r.ok()) Log(absl::StrCat("sweep ", s.name, ": cannot hold job ", stream_id, ": ", r.status().ToString()));
+}
+
+absl::Status Coordinator::Impl::CheckImageBeforeDecoding(Sweep& s, const std::string& worker,
+                                                         const std::string& stream_id, const Item& item,
+                                                         const pb::FinishedImage& image, RedisClient* redis,
+                                                         bool* lost) {
+  JobQueue q(redis, opt_.key_prefix);
+  ASSIGN_OR_RETURN(bool owner, q.IsOwner(s.model, worker, stream_id));
+  if (!owner) {
+    *lost = true;
+    return absl::OkStatus();
+  }
+  if (absl::Status h = CheckPngHeader(image.png(), {item.width, item.height}); !h.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("image for item ", item.index, ": ", h.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker, int64_t job_index,
                                             const std::string& stream_id, const pb::FinishedImage& image,
                                             absl::Time job_started, RedisClient* redis, bool* lost, bool* cancelled) {
@@ -1360,6 +1477,11 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
   }
   const Item item = s.expander->ItemAt(image.item_index());
   const std::string file_name = s.expander->FileName(item);
+
+  // Nothing is decoded before the reporter is known to own the job and the
+  // PNG's header fits the item.
+  RETURN_IF_ERROR(CheckImageBeforeDecoding(s, worker, stream_id, item, image, redis, lost));
+  if (*lost) return absl::OkStatus();
 
   // Check the image before taking any lock: it must decode, and its embedded
   // parameters must be this item's.
@@ -1420,6 +1542,15 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
                         {"prompt_tokens_dropped", image.dropped_tokens()},
                         {"parameters", parameters}};
   ASSIGN_OR_RETURN(bool added, s.output->RecordImage(file_name, row));
+  {
+    absl::MutexLock lock(&mu_);
+    if (!s.storage_problem.empty()) {
+      Log(absl::StrCat("sweep ", s.name, ": images are stored again (", s.storage_problem, " is over)"));
+      s.storage_problem.clear();
+      wake_scheduler_ = true;
+      Changed(s);
+    }
+  }
   if (added) {
     absl::MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
@@ -1450,29 +1581,35 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
   std::string worker, job_id, stream_id;
   int64_t job_index = -1;
   bool lost = false, cancelled = false, finished = false, bad = false, retryable = true;
+  bool held = false;  // its images could not be stored: held for a retry (HoldJobForStorage)
   std::string bad_reason;
   std::optional<RedisPool::Handle> redis;
   const absl::Time stream_started = absl::Now();  // about when the job started rendering
+  IdleStreamWatchdog::Guard idle(&report_watchdog_, ctx);
 
   while (reader->Read(&msg)) {
+    idle.Touch();
     if (job_index < 0) {
       worker = msg.worker_id();
       job_id = msg.job_id();
       stream_id = msg.job_stream_id();
+      if (grpc::Status v = ValidateReportHeader(msg); !v.ok()) return v;
       auto parsed = ParseJobId(job_id);
       if (!parsed.ok()) return ToGrpc(parsed.status());
       sweep = Find(parsed->first);
       job_index = parsed->second;
       if (!sweep || job_index >= sweep->jobs) {
         lost = true;  // a sweep this coordinator does not know (deleted): nothing to keep
+      } else {
+        // A Redis connection only for a report about a job that can exist.
+        auto h = pool_.Acquire();
+        if (!h.ok()) return ToGrpc(h.status());
+        redis.emplace(std::move(*h));
       }
-      auto h = pool_.Acquire();
-      if (!h.ok()) return ToGrpc(h.status());
-      redis.emplace(std::move(*h));
     } else if (msg.job_id() != job_id || msg.job_stream_id() != stream_id || msg.worker_id() != worker) {
       return {grpc::StatusCode::INVALID_ARGUMENT, "one ReportJob stream carries one job"};
     }
-    if (lost || cancelled || bad || finished) continue;  // drain the rest
+    if (lost || cancelled || bad || finished || held) continue;  // drain the rest
     switch (msg.event_case()) {
       case pb::JobReport::kStep: {
         absl::MutexLock lock(&mu_);
@@ -1492,6 +1629,9 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
           if (s.code() == absl::StatusCode::kInvalidArgument) {
             bad = true;
             bad_reason = std::string(s.message());
+          } else if (IsStorageProblem(s)) {
+            HoldJobForStorage(*sweep, worker, stream_id, s, redis->get());
+            held = true;
           } else {
             // Disk or Redis trouble: the worker will send the report again.
             Log(absl::StrCat("job ", job_id, " from ", worker, ": cannot store image: ", s.ToString()));
@@ -1550,6 +1690,12 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
       default:
         break;
     }
+  }
+  if (idle.cancelled()) {
+    Log(absl::StrCat("job ", job_id, " from ", worker, ": report stream cancelled after ",
+                     absl::FormatDuration(opt_.report_idle_timeout), " without a message"));
+    return {grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat("the report stream sent nothing for ", absl::FormatDuration(opt_.report_idle_timeout))};
   }
   if (job_index < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "empty report"};
 
@@ -1610,7 +1756,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
     ++discarded_reports_;
     Log(absl::StrCat("job ", job_id, " from ", worker, ": the worker no longer holds it; its results were discarded"));
   }
-  ack->set_accepted(!lost);
+  ack->set_accepted(!lost && !held);
   ack->set_cancel(cancelled);
   return grpc::Status::OK;
 }
@@ -1662,6 +1808,7 @@ absl::Status Coordinator::Impl::FillModel(const std::string& model) {
       for (auto& [id, s] : sweeps_) {
         if (s->model != model || s->state != State::kRunning || s->next_job >= s->jobs) continue;
         if (s->inflight.size() >= window) continue;
+        if (!s->storage_problem.empty()) continue;  // its held jobs go first, when storage is retried
         if (!pick || s->pass < pick->pass || (s->pass == pick->pass && s->created_ms < pick->created_ms)) pick = s;
       }
       if (!pick) break;
@@ -1722,7 +1869,13 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
   const std::string inflight_key = SweepKey(s.id) + ":inflight";
   ASSIGN_OR_RETURN(RedisReply lost, redis->Command({"EVAL", kFindLostJobsScript, "2", StreamKey(s.model),
                                                     inflight_key, JobQueue::kGroup, lease_ms}));
+  bool storage_wait = false;
+  {
+    absl::MutexLock lock(&mu_);
+    storage_wait = !s.storage_problem.empty() && absl::Now() < s.storage_retry_at;
+  }
   for (const RedisReply& j : lost.array()) {
+    if (storage_wait) break;  // held for storage: not before the retry time
     int64_t job_index = 0;
     if (!absl::SimpleAtoi(j.str(), &job_index) || job_index < 0 || job_index >= s.jobs) continue;
     ASSIGN_OR_RETURN(RedisReply old_id, redis->Command({"HGET", inflight_key, j.str()}));

@@ -55,6 +55,9 @@ struct CoordinatorOptions {
   // the queues (sdfarm local: no worker of an earlier run is alive, and a run
   // serves only the sweep it was asked for).
   bool hold_unfinished = false;
+  // A ReportJob stream that sends nothing for this long is cancelled (it
+  // holds a handler thread and a Redis connection while open).
+  absl::Duration report_idle_timeout = absl::Minutes(5);
 };
 
 class Coordinator {
