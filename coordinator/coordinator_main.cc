@@ -109,6 +109,13 @@ int Run(int argc, char** argv) {
   flags.Add("max-images", "N", "largest sweep accepted", "10000000");
   flags.Add("max-watchers", "N", "concurrent `sdfarm watch` streams accepted", "1000");
   flags.Add("key-prefix", "PREFIX", "prefix of every Redis key", "sdfarm");
+  flags.Add("max-unfinished-sweeps-per-token", "N", "running or paused sweeps one client token may have (0: no limit)",
+            "1000");
+  flags.Add("max-waiting-sweeps-per-token", "N",
+            "of those, sweeps for models no live worker serves (submitted with --wait-for-workers; 0: no limit)",
+            "100");
+  flags.Add("max-watchers-per-token", "N", "`sdfarm watch` streams one client token may hold open (0: no limit)",
+            "500");
   flags.Add("max-threads", "N",
             "handler threads: every call in progress (a report stream, a watch) holds one; beyond this, new calls "
             "are refused with RESOURCE_EXHAUSTED",
@@ -180,12 +187,19 @@ int Run(int argc, char** argv) {
   auto report_idle = flags.GetDouble("report-idle-timeout", 1, 86400);
   auto probe_interval = flags.GetDouble("health-probe-interval", 0, 3600);
   auto probe_failures = flags.GetInt("health-probe-failures", 1, 1000);
+  auto token_sweeps = flags.GetInt("max-unfinished-sweeps-per-token", 0, 100000000);
+  auto token_waiting = flags.GetInt("max-waiting-sweeps-per-token", 0, 100000000);
+  auto token_watchers = flags.GetInt("max-watchers-per-token", 0, 1000000);
   for (const auto* s : {&heartbeat_timeout.status(), &lease.status(), &attempts.status(), &job_size.status(), &window.status(), &max_images.status(),
                         &max_watchers.status(), &max_threads.status(), &max_streams.status(), &idle_connection.status(),
-                        &report_idle.status(), &probe_interval.status(), &probe_failures.status()}) {
+                        &report_idle.status(), &probe_interval.status(), &probe_failures.status(),
+                        &token_sweeps.status(), &token_waiting.status(), &token_watchers.status()}) {
     if (!s->ok()) return Fail(s->message(), 2);
   }
   opt.report_idle_timeout = absl::Seconds(*report_idle);
+  opt.token_limits.max_unfinished_sweeps = static_cast<int>(*token_sweeps);
+  opt.token_limits.max_waiting_sweeps = static_cast<int>(*token_waiting);
+  opt.token_limits.max_watchers = static_cast<int>(*token_watchers);
   sdfarm::coordinator::ListenerLimits limits;
   limits.max_threads = static_cast<int>(*max_threads);
   limits.max_streams_per_connection = static_cast<int>(*max_streams);

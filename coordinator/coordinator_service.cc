@@ -378,6 +378,7 @@ bool Terminal(State s) { return s == State::kDone || s == State::kCancelled; }
 struct Sweep {
   // Fixed once loaded.
   std::string id, name, model, request_id;
+  std::string owner;  // TokenOwner() of the token that submitted it
   SweepSpec spec;
   std::unique_ptr<SweepExpander> expander;
   int job_size = 1;
@@ -408,6 +409,7 @@ struct Sweep {
   std::string storage_problem;
   absl::Time storage_retry_at = absl::InfinitePast();
   uint64_t version = 1;  // bumped on every change a watcher should see
+  absl::CondVar changed;  // signalled with version (Impl::changed_ wakes the scheduler)
   uint64_t seq = 0;      // numbering of recent_files / recent_failures
   std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures, recent_warnings;
 };
@@ -527,10 +529,11 @@ class Coordinator::Impl {
   }
 
   // ---- client calls
-  grpc::Status Submit(const pb::SubmitRequest& req, pb::SubmitResponse* resp);
+  grpc::Status Submit(const pb::SubmitRequest& req, const std::string& owner, pb::SubmitResponse* resp);
   grpc::Status GetStatus(const std::string& ref, pb::SweepStatus* out);
   grpc::Status List(pb::ListResponse* out);
-  grpc::Status Watch(grpc::ServerContext* ctx, const std::string& ref, grpc::ServerWriter<pb::WatchEvent>* writer);
+  grpc::Status Watch(grpc::ServerContext* ctx, const std::string& ref, const std::string& owner,
+                     grpc::ServerWriter<pb::WatchEvent>* writer);
   grpc::Status Cancel(const std::string& ref, pb::SweepStatus* out);
   grpc::Status SetPaused(const std::string& ref, bool paused, pb::SweepStatus* out);
   grpc::Status Workers(pb::WorkersResponse* out);
@@ -557,9 +560,12 @@ class Coordinator::Impl {
   absl::StatusOr<std::shared_ptr<Sweep>> LoadSweep(RedisClient* redis, const std::string& id);
   std::shared_ptr<Sweep> Find(const std::string& ref) ABSL_LOCKS_EXCLUDED(mu_);
   void FillStatus(Sweep& s, pb::SweepStatus* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the sweep's own watchers only (a report of one sweep used to wake
+  // every Watch stream), and the scheduler when it has work.
   void Changed(Sweep& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++s.version;
-    changed_.SignalAll();
+    s.changed.SignalAll();
+    if (wake_scheduler_) changed_.SignalAll();
   }
   void MaybeFinish(Sweep& s, RedisClient* redis) ABSL_LOCKS_EXCLUDED(mu_);
   double LiveRate(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -576,6 +582,15 @@ class Coordinator::Impl {
     return vt > 0 ? vt - 1.0 / s.priority : 0;
   }
   int LiveWorkers(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The models at least one live, not draining, worker serves.
+  std::set<std::string> LiveModels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Time now = absl::Now();
+    std::set<std::string> models;
+    for (auto& [id, w] : workers_) {
+      if (!w.draining && Live(w, now)) models.insert(w.info.model());
+    }
+    return models;
+  }
   bool Live(const WorkerRecord& w, absl::Time now) const { return now - w.last_heartbeat < opt_.heartbeat_timeout; }
   // The models live workers serve, with their counts and rates, by name.
   std::vector<pb::ServedModel> ServedModels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -592,6 +607,9 @@ class Coordinator::Impl {
   absl::Status Reconcile(Sweep& s);
   JobPayload PayloadFor(const Sweep& s, int64_t job_index) const;
 
+  // Per-token quotas (request_limits.h): RESOURCE_EXHAUSTED naming the limit.
+  grpc::Status CheckSubmitQuota(const std::string& owner, const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  grpc::Status CheckWatcherQuota(const std::string& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The checks a reported image passes before any decoding: the reporter owns
   // the job (sets *lost otherwise), then the PNG header (png_header_check.h).
   absl::Status CheckImageBeforeDecoding(Sweep& s, const std::string& worker, const std::string& stream_id,
@@ -620,6 +638,7 @@ class Coordinator::Impl {
   std::map<std::string, double> model_vtime_ ABSL_GUARDED_BY(mu_);  // virtual time of each model's queue
   std::set<std::string> unloaded_ ABSL_GUARDED_BY(mu_);              // sweep ids to load again
   int watchers_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int> watchers_by_owner_ ABSL_GUARDED_BY(mu_);  // TokenOwner -> open Watch streams
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_scheduler_ ABSL_GUARDED_BY(mu_) = false;
   std::thread scheduler_;
@@ -634,7 +653,7 @@ class Coordinator::Impl {
   }
     grpc::Status Submit(grpc::ServerContext* ctx, const pb::SubmitRequest* req, pb::SubmitResponse* resp) override {
       SDFARM_AUTH_CLIENT();
-      return impl_->Submit(*req, resp);
+      return impl_->Submit(*req, TokenOwner(BearerToken(*ctx)), resp);
     }
     grpc::Status Status(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
       SDFARM_AUTH_CLIENT();
@@ -647,7 +666,7 @@ class Coordinator::Impl {
     grpc::Status Watch(grpc::ServerContext* ctx, const pb::SweepRef* req,
                        grpc::ServerWriter<pb::WatchEvent>* writer) override {
       SDFARM_AUTH_CLIENT();
-      return impl_->Watch(ctx, req->sweep(), writer);
+      return impl_->Watch(ctx, req->sweep(), TokenOwner(BearerToken(*ctx)), writer);
     }
     grpc::Status Cancel(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
       SDFARM_AUTH_CLIENT();
@@ -688,11 +707,13 @@ class Coordinator::Impl {
   }
     grpc::Status Register(grpc::ServerContext* ctx, const pb::RegisterRequest* req, pb::RegisterResponse* resp) override {
       SDFARM_AUTH_WORKER();
+      if (grpc::Status c = CheckRegisterRequest(*req); !c.ok()) return c;
       return impl_->Register(*req, resp);
     }
     grpc::Status Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest* req,
                            pb::HeartbeatResponse* resp) override {
       SDFARM_AUTH_WORKER();
+      if (grpc::Status c = CheckHeartbeatRequest(*req); !c.ok()) return c;
       return impl_->Heartbeat(*req, resp);
     }
     grpc::Status ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<pb::JobReport>* reader,
@@ -753,6 +774,7 @@ void Coordinator::Impl::Shutdown() {
     if (shutdown_) return;
     shutdown_ = true;
     changed_.SignalAll();
+    for (auto& [id, s] : sweeps_) s->changed.SignalAll();
   }
   if (scheduler_.joinable()) scheduler_.join();
 }
@@ -765,6 +787,7 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
   auto s = std::make_shared<Sweep>();
   s->id = id;
   s->request_id = f["request_id"];
+  s->owner = f["owner"];
   nlohmann::json spec_json = nlohmann::json::parse(f["spec"], nullptr, false);
   SweepLimits limits = opt_.limits;
   limits.max_images = INT64_MAX;  // accepted once; a later, smaller limit must not strand it
@@ -993,7 +1016,44 @@ void Coordinator::Impl::MaybeFinish(Sweep& s, RedisClient* redis) {
 
 // ------------------------------------------------------------ client calls --
 
-grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitResponse* resp) {
+grpc::Status Coordinator::Impl::CheckSubmitQuota(const std::string& owner, const std::string& model) {
+  const TokenLimits& l = opt_.token_limits;
+  int unfinished = 0, waiting = LiveWorkers(model) == 0 ? 1 : 0;
+  std::map<std::string, bool> served;  // model -> has a live worker
+  for (auto& [id, s] : sweeps_) {
+    if (s->owner != owner || Terminal(s->state)) continue;
+    ++unfinished;
+    auto it = served.find(s->model);
+    if (it == served.end()) it = served.emplace(s->model, LiveWorkers(s->model) > 0).first;
+    if (!it->second) ++waiting;
+  }
+  if (l.max_unfinished_sweeps > 0 && unfinished >= l.max_unfinished_sweeps) {
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("this token has ", unfinished, " unfinished sweeps; the limit is ", l.max_unfinished_sweeps,
+                         " per token (--max-unfinished-sweeps-per-token): wait for some to finish, or cancel or "
+                         "remove some")};
+  }
+  if (l.max_waiting_sweeps > 0 && waiting > l.max_waiting_sweeps) {
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("this token has ", waiting - 1, " sweeps waiting for models no live worker serves; the limit "
+                         "is ", l.max_waiting_sweeps, " per token (--max-waiting-sweeps-per-token)")};
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::CheckWatcherQuota(const std::string& owner) {
+  const int limit = opt_.token_limits.max_watchers;
+  auto it = watchers_by_owner_.find(owner);
+  if (limit > 0 && it != watchers_by_owner_.end() && it->second >= limit) {
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("too many watchers for this token (", limit, " per token, --max-watchers-per-token); try "
+                         "again later")};
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, const std::string& owner,
+                                       pb::SubmitResponse* resp) {
   // Checked before parsing: a JSON document costs many times its size in memory.
   if (req.spec_json().size() > kMaxSpecBytes) {
     return {grpc::StatusCode::INVALID_ARGUMENT,
@@ -1044,6 +1104,10 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
   const std::string dir = SweepDir(spec->name);
   {
     absl::MutexLock lock(&mu_);
+    // (A retry of a submit that made its sweep is not a new sweep.)
+    if (!names_.count(spec->name)) {
+      if (grpc::Status q = CheckSubmitQuota(owner, spec->model); !q.ok()) return q;
+    }
     if (!names_.count(spec->name) && std::filesystem::exists(dir + "/metadata.jsonl")) {
       return {grpc::StatusCode::ALREADY_EXISTS,
               "the output folder " + dir + " already holds images of another sweep; choose another name"};
@@ -1070,6 +1134,7 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
            {"jobs_done", "0"},
            {"created_ms", absl::StrCat(created)},
            {"request_id", request_id},
+           {"owner", owner},
            {"output_dir", dir}}) {
     argv.push_back(k);
     argv.push_back(v);
@@ -1138,7 +1203,7 @@ grpc::Status Coordinator::Impl::List(pb::ListResponse* out) {
   return grpc::Status::OK;
 }
 
-grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::string& ref,
+grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::string& ref, const std::string& owner,
                                       grpc::ServerWriter<pb::WatchEvent>* writer) {
   std::shared_ptr<Sweep> s = Find(ref);
   if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
@@ -1149,7 +1214,9 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
       return {grpc::StatusCode::RESOURCE_EXHAUSTED,
               absl::StrCat("too many watchers (", opt_.max_watchers, "); try again later")};
     }
+    if (grpc::Status q = CheckWatcherQuota(owner); !q.ok()) return q;
     ++watchers_;
+    ++watchers_by_owner_[owner];
     seen_seq = s->seq;
   }
   grpc::Status result = grpc::Status::OK;
@@ -1160,7 +1227,7 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
       absl::MutexLock lock(&mu_);
       const absl::Time deadline = absl::Now() + absl::Seconds(1);
       while (!shutdown_ && s->version == seen_version && !ctx->IsCancelled() && absl::Now() < deadline) {
-        changed_.WaitWithDeadline(&mu_, deadline);
+        s->changed.WaitWithDeadline(&mu_, deadline);
       }
       if (shutdown_) {
         result = {grpc::StatusCode::UNAVAILABLE, "coordinator shutting down; reconnect"};
@@ -1190,6 +1257,7 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
   }
   absl::MutexLock lock(&mu_);
   --watchers_;
+  if (--watchers_by_owner_[owner] <= 0) watchers_by_owner_.erase(owner);
   return result;
 }
 
@@ -1589,6 +1657,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
 
   while (reader->Read(&msg)) {
     idle.Touch();
+    if (grpc::Status c = CheckReportMessage(msg); !c.ok()) return c;
     if (job_index < 0) {
       worker = msg.worker_id();
       job_id = msg.job_id();
@@ -1922,7 +1991,9 @@ void Coordinator::Impl::SchedulerLoop() {
         absl::MutexLock lock(&mu_);
         if (shutdown_) return;
         for (auto& [id, s] : sweeps_) {
-          if (!Terminal(s->state)) unfinished.push_back(s);
+          // A sweep that never had a job enqueued has nothing to check (the
+          // many sweeps waiting for a model nobody serves cost nothing).
+          if (!Terminal(s->state) && !(s->next_job == 0 && s->inflight.empty())) unfinished.push_back(s);
         }
       }
       for (auto& s : unfinished) {
@@ -1940,8 +2011,12 @@ void Coordinator::Impl::SchedulerLoop() {
       while (!shutdown_ && !wake_scheduler_ && absl::Now() < deadline) changed_.WaitWithDeadline(&mu_, deadline);
       if (shutdown_) return;
       wake_scheduler_ = false;
+      // Only models a live worker serves: jobs wait in Redis for no one
+      // otherwise, and each model costs Redis calls on every pass. A worker
+      // registering wakes the scheduler.
+      const std::set<std::string> live = LiveModels();
       for (auto& [id, s] : sweeps_) {
-        if (s->state == State::kRunning && s->next_job < s->jobs) models.insert(s->model);
+        if (s->state == State::kRunning && s->next_job < s->jobs && live.count(s->model)) models.insert(s->model);
       }
     }
     for (const std::string& model : models) {

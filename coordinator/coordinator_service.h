@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/redis_client.h"
+#include "coordinator/request_limits.h"
 #include "coordinator/sweep_spec.h"
 
 namespace sdfarm::coordinator {
@@ -58,6 +59,7 @@ struct CoordinatorOptions {
   // A ReportJob stream that sends nothing for this long is cancelled (it
   // holds a handler thread and a Redis connection while open).
   absl::Duration report_idle_timeout = absl::Minutes(5);
+  TokenLimits token_limits;  // per client token (request_limits.h)
 };
 
 class Coordinator {
