@@ -247,6 +247,22 @@ int Run(int argc, char** argv) {
   std::fprintf(stderr, "%s sdfarm-coordinator: serving on port %d%s (%s), output root %s, Redis %s:%d\n", sdfarm::LogTimestamp().c_str(), port,
                flags.Has("tls-cert") ? " with TLS" : "", opt.no_auth ? "no auth" : "bearer tokens",
                opt.output_root.c_str(), opt.redis.host.c_str(), opt.redis.port);
+  // Loud, not fatal: a trusted private network may be meant.
+  if (!sdfarm::coordinator::IsLoopbackListenAddress(flags.Get("listen"))) {
+    if (opt.no_auth) {
+      std::fprintf(stderr,
+                   "%s sdfarm-coordinator: WARNING: --no-auth on %s, an address other hosts can reach: anyone who "
+                   "can connect may submit, cancel and delete sweeps, read every image, and report images as a "
+                   "worker. Use tokens (and --tls-cert), or listen on 127.0.0.1.\n",
+                   sdfarm::LogTimestamp().c_str(), flags.Get("listen").c_str());
+    } else if (!flags.Has("tls-cert")) {
+      std::fprintf(stderr,
+                   "%s sdfarm-coordinator: WARNING: bearer tokens over plaintext (no --tls-cert) on %s, an address "
+                   "other hosts can reach: anyone on the network path can read the tokens and the images. Serve "
+                   "TLS (--tls-cert, --tls-key), or listen on 127.0.0.1.\n",
+                   sdfarm::LogTimestamp().c_str(), flags.Get("listen").c_str());
+    }
+  }
   if (flags.Has("port-file")) {
     const std::string path = flags.Get("port-file");
     const std::string tmp = path + ".tmp";

@@ -25,6 +25,7 @@
 #include "common/grpc_util.h"
 #include "common/job_payload.h"
 #include "common/log_time.h"
+#include "common/monotonic_clock.h"
 #include "common/status_macros.h"
 #include "coordinator/idle_stream_watchdog.h"
 #include "coordinator/job_queue.h"
@@ -36,6 +37,7 @@
 #include "sdfarm.grpc.pb.h"
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
+#include "worker/engine/sha256.h"
 
 namespace sdfarm::coordinator {
 namespace pb = ::sdfarm::v1;
@@ -416,7 +418,8 @@ struct Sweep {
 
 struct WorkerRecord {
   pb::WorkerInfo info;
-  absl::Time last_heartbeat;
+  absl::Time last_heartbeat;  // wall clock, shown to clients
+  absl::Time last_seen;       // MonotonicNow() of the same moment: liveness
   std::vector<pb::HeldJob> jobs;
   bool draining = false;
   int64_t images_done = 0;
@@ -489,6 +492,14 @@ grpc::Status ValidateReportHeader(const pb::JobReport& msg) {
   if (!digits) return {grpc::StatusCode::INVALID_ARGUMENT, "malformed job stream id in the report"};
   if (!IsSafeFileName(msg.worker_id())) return {grpc::StatusCode::INVALID_ARGUMENT, "malformed worker id in the report"};
   return grpc::Status::OK;
+}
+
+// SHA-256 (hex) of a Submit's spec_json, kept with the sweep to tell a retry
+// of the same request from a reused request id.
+std::string SpecDigest(const std::string& spec_json) {
+  engine::Sha256 h;
+  h.Update(spec_json);
+  return h.HexDigest();
 }
 
 // Errors that a later attempt may not get: Redis unreachable, restarting,
@@ -584,14 +595,14 @@ class Coordinator::Impl {
   int LiveWorkers(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The models at least one live, not draining, worker serves.
   std::set<std::string> LiveModels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const absl::Time now = absl::Now();
     std::set<std::string> models;
     for (auto& [id, w] : workers_) {
-      if (!w.draining && Live(w, now)) models.insert(w.info.model());
+      if (!w.draining && Live(w)) models.insert(w.info.model());
     }
     return models;
   }
-  bool Live(const WorkerRecord& w, absl::Time now) const { return now - w.last_heartbeat < opt_.heartbeat_timeout; }
+  // On the monotonic clock: a wall-clock step changes no worker's liveness.
+  bool Live(const WorkerRecord& w) const { return MonotonicNow() - w.last_seen < opt_.heartbeat_timeout; }
   // The models live workers serve, with their counts and rates, by name.
   std::vector<pb::ServedModel> ServedModels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Keeps a lasting warning of a sweep (once; at most kMaxWarnings).
@@ -607,6 +618,11 @@ class Coordinator::Impl {
   absl::Status Reconcile(Sweep& s);
   JobPayload PayloadFor(const Sweep& s, int64_t job_index) const;
 
+  // A request id reused with another spec_json is refused (ALREADY_EXISTS):
+  // answering with the new spec's counts made the client believe it had
+  // submitted what it had not.
+  grpc::Status CheckSameRequest(RedisClient* redis, const std::string& sweep_id, const std::string& request_id,
+                                const std::string& spec_json);
   // Per-token quotas (request_limits.h): RESOURCE_EXHAUSTED naming the limit.
   grpc::Status CheckSubmitQuota(const std::string& owner, const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   grpc::Status CheckWatcherQuota(const std::string& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -899,10 +915,9 @@ std::shared_ptr<Sweep> Coordinator::Impl::Find(const std::string& ref) {
 // ----------------------------------------------------------------- status --
 
 int Coordinator::Impl::LiveWorkers(const std::string& model) {
-  const absl::Time now = absl::Now();
   int n = 0;
   for (auto& [id, w] : workers_) {
-    if (w.info.model() == model && !w.draining && Live(w, now)) ++n;
+    if (w.info.model() == model && !w.draining && Live(w)) ++n;
   }
   return n;
 }
@@ -911,7 +926,7 @@ double Coordinator::Impl::LiveRate(const std::string& model) {
   const absl::Time now = absl::Now();
   double r = 0;
   for (auto& [id, w] : workers_) {
-    if (w.info.model() == model && Live(w, now)) r += w.rate.PerSecond(now);
+    if (w.info.model() == model && Live(w)) r += w.rate.PerSecond(now);
   }
   return r;
 }
@@ -920,7 +935,7 @@ std::vector<pb::ServedModel> Coordinator::Impl::ServedModels() {
   const absl::Time now = absl::Now();
   std::map<std::string, pb::ServedModel> served;
   for (auto& [id, w] : workers_) {
-    if (w.draining || !Live(w, now)) continue;
+    if (w.draining || !Live(w)) continue;
     pb::ServedModel& m = served[w.info.model()];
     m.set_model(w.info.model());
     m.set_workers(m.workers() + 1);
@@ -961,7 +976,7 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
   double rate = 0;
   for (auto& [wid, wr] : s.worker_rates) {
     auto it = workers_.find(wid);
-    if (it == workers_.end() || !Live(it->second, now)) continue;
+    if (it == workers_.end() || !Live(it->second)) continue;
     const double r = wr.PerSecond(now);
     if (r <= 0) continue;
     rate += r;
@@ -973,7 +988,7 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
   // Jobs being rendered, from the workers' step telemetry.
   double rendering = 0;
   for (auto& [wid, w] : workers_) {
-    if (w.current_job.empty() || !Live(w, now)) continue;
+    if (w.current_job.empty() || !Live(w)) continue;
     auto parsed = ParseJobId(w.current_job);
     if (!parsed.ok() || parsed->first != s.id || parsed->second < 0 || parsed->second >= s.jobs) continue;
     const int64_t images = s.expander->JobAt(parsed->second).count;
@@ -1037,6 +1052,19 @@ grpc::Status Coordinator::Impl::CheckSubmitQuota(const std::string& owner, const
     return {grpc::StatusCode::RESOURCE_EXHAUSTED,
             absl::StrCat("this token has ", waiting - 1, " sweeps waiting for models no live worker serves; the limit "
                          "is ", l.max_waiting_sweeps, " per token (--max-waiting-sweeps-per-token)")};
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::CheckSameRequest(RedisClient* redis, const std::string& sweep_id,
+                                                const std::string& request_id, const std::string& spec_json) {
+  auto r = redis->Command({"HGET", SweepKey(sweep_id), "request_spec_sha256"});
+  if (!r.ok()) return ToGrpc(r.status());
+  // (Sweeps created before this check have no digest: taken as the same.)
+  if (r->is_string() && r->str() != SpecDigest(spec_json)) {
+    return {grpc::StatusCode::ALREADY_EXISTS,
+            absl::StrCat("request id '", request_id, "' already submitted sweep ", sweep_id,
+                         " with another spec; use a new request id for a new sweep")};
   }
   return grpc::Status::OK;
 }
@@ -1135,6 +1163,7 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, const std::
            {"created_ms", absl::StrCat(created)},
            {"request_id", request_id},
            {"owner", owner},
+           {"request_spec_sha256", SpecDigest(req.spec_json())},
            {"output_dir", dir}}) {
     argv.push_back(k);
     argv.push_back(v);
@@ -1150,6 +1179,9 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, const std::
             "sweep name '" + spec->name + "' is already used by sweep " + existing + "; choose another name"};
   }
   if (code == 1) {  // a retry of a submit that already happened
+    if (grpc::Status same = CheckSameRequest(redis->get(), existing, request_id, req.spec_json()); !same.ok()) {
+      return same;
+    }
     // The first attempt may have failed after creating the sweep in Redis
     // (its reply lost with a broken connection) and before this process
     // loaded it: load it now, or it would exist but never run.
@@ -1367,15 +1399,16 @@ grpc::Status Coordinator::Impl::Workers(pb::WorkersResponse* out) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = absl::Now();
   // Workers that stopped without saying so are listed as lost for a while.
-  std::erase_if(workers_, [&](const auto& kv) { return now - kv.second.last_heartbeat > kForgetLostWorker; });
+  const absl::Time mono = MonotonicNow();
+  std::erase_if(workers_, [&](const auto& kv) { return mono - kv.second.last_seen > kForgetLostWorker; });
   for (auto& [id, w] : workers_) {
     pb::WorkerStatus* ws = out->add_workers();
-    ws->set_lost(!Live(w, now));
+    ws->set_lost(!Live(w));
     ws->set_worker_id(id);
     *ws->mutable_info() = w.info;
     ws->set_last_heartbeat_unix_ms(absl::ToUnixMillis(w.last_heartbeat));
     for (const auto& j : w.jobs) *ws->add_jobs() = j;
-    ws->set_images_per_second(Live(w, now) ? w.rate.PerSecond(now) : 0);
+    ws->set_images_per_second(Live(w) ? w.rate.PerSecond(now) : 0);
     ws->set_draining(w.draining);
     ws->set_images_done(w.images_done);
     ws->set_current_job_id(w.current_job);
@@ -1426,7 +1459,7 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
     // Workers of one model must hold the same weights, or one sweep's images
     // would come from different models.
     for (auto& [wid, w] : workers_) {
-      if (wid != id && w.info.model() == info.model() && now - w.last_heartbeat < opt_.heartbeat_timeout &&
+      if (wid != id && w.info.model() == info.model() && Live(w) &&
           w.info.model_hash() != info.model_hash()) {
         return {grpc::StatusCode::FAILED_PRECONDITION,
                 absl::StrCat("model '", info.model(), "' is served by worker ", wid, " with weights hash ",
@@ -1437,6 +1470,7 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
     WorkerRecord& w = workers_[id];
     w.info = info;
     w.last_heartbeat = now;
+    w.last_seen = MonotonicNow();
     w.draining = false;
     wake_scheduler_ = true;
   }
@@ -1468,6 +1502,7 @@ grpc::Status Coordinator::Impl::Heartbeat(const pb::HeartbeatRequest& req, pb::H
     }
     WorkerRecord& w = it->second;
     w.last_heartbeat = absl::Now();
+    w.last_seen = MonotonicNow();
     w.draining = req.draining();
     w.jobs.assign(req.jobs().begin(), req.jobs().end());
     if (req.jobs().empty()) w.current_job.clear();
@@ -1511,7 +1546,7 @@ void Coordinator::Impl::HoldJobForStorage(Sweep& s, const std::string& worker, c
       s.recent_warnings.emplace_back(++s.seq, StorageWarning(s));
       if (s.recent_warnings.size() > kRecentEvents) s.recent_warnings.pop_front();
     }
-    s.storage_retry_at = absl::Now() + kStorageRetryInterval;
+    s.storage_retry_at = MonotonicNow() + kStorageRetryInterval;
     Changed(s);
   }
   auto r = redis->Command({"EVAL", kHoldJobForStorageScript, "1", StreamKey(s.model), JobQueue::kGroup, worker,
@@ -1941,7 +1976,7 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
   bool storage_wait = false;
   {
     absl::MutexLock lock(&mu_);
-    storage_wait = !s.storage_problem.empty() && absl::Now() < s.storage_retry_at;
+    storage_wait = !s.storage_problem.empty() && MonotonicNow() < s.storage_retry_at;
   }
   for (const RedisReply& j : lost.array()) {
     if (storage_wait) break;  // held for storage: not before the retry time
@@ -1980,11 +2015,12 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
 }
 
 void Coordinator::Impl::SchedulerLoop() {
+  // Monotonic: a wall-clock step back must not stop the reconciler.
   absl::Time last_error_log = absl::InfinitePast();
-  absl::Time next_reconcile = absl::Now() + kReconcileInterval;
+  absl::Time next_reconcile = MonotonicNow() + kReconcileInterval;
   while (true) {
-    if (absl::Now() >= next_reconcile) {
-      next_reconcile = absl::Now() + kReconcileInterval;
+    if (MonotonicNow() >= next_reconcile) {
+      next_reconcile = MonotonicNow() + kReconcileInterval;
       LoadMissingSweeps();
       std::vector<std::shared_ptr<Sweep>> unfinished;
       {
@@ -1998,8 +2034,8 @@ void Coordinator::Impl::SchedulerLoop() {
       }
       for (auto& s : unfinished) {
         absl::Status st = Reconcile(*s);
-        if (!st.ok() && absl::Now() - last_error_log > absl::Seconds(10)) {
-          last_error_log = absl::Now();
+        if (!st.ok() && MonotonicNow() - last_error_log > absl::Seconds(10)) {
+          last_error_log = MonotonicNow();
           Log(absl::StrCat("cannot check sweep ", s->name, " against Redis: ", st.ToString(), " (retrying)"));
         }
       }
@@ -2007,8 +2043,11 @@ void Coordinator::Impl::SchedulerLoop() {
     std::set<std::string> models;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Time deadline = absl::Now() + absl::Milliseconds(200);
-      while (!shutdown_ && !wake_scheduler_ && absl::Now() < deadline) changed_.WaitWithDeadline(&mu_, deadline);
+      // (A relative wait: absl's CondVar timeouts are not wall-clock deadlines.)
+      const absl::Time until = MonotonicNow() + absl::Milliseconds(200);
+      while (!shutdown_ && !wake_scheduler_ && MonotonicNow() < until) {
+        changed_.WaitWithTimeout(&mu_, until - MonotonicNow());
+      }
       if (shutdown_) return;
       wake_scheduler_ = false;
       // Only models a live worker serves: jobs wait in Redis for no one
@@ -2021,8 +2060,8 @@ void Coordinator::Impl::SchedulerLoop() {
     }
     for (const std::string& model : models) {
       absl::Status s = FillModel(model);
-      if (!s.ok() && absl::Now() - last_error_log > absl::Seconds(10)) {
-        last_error_log = absl::Now();
+      if (!s.ok() && MonotonicNow() - last_error_log > absl::Seconds(10)) {
+        last_error_log = MonotonicNow();
         Log(absl::StrCat("cannot queue jobs for model ", model, ": ", s.ToString(), " (retrying)"));
       }
     }

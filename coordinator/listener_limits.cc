@@ -12,6 +12,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/resource_quota.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/grpc_util.h"
@@ -61,6 +62,13 @@ std::string ProbeAddress(const std::string& listen, int port) {
   if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
   if (host == "[::]" || host == "::") host = "[::1]";
   return absl::StrCat(host, ":", port);
+}
+
+bool IsLoopbackListenAddress(const std::string& listen) {
+  absl::string_view host = listen;
+  if (const size_t colon = host.rfind(':'); colon != absl::string_view::npos) host = host.substr(0, colon);
+  if (absl::StartsWith(host, "ipv4:")) host.remove_prefix(5);
+  return absl::StartsWith(host, "127.") || host == "localhost" || host == "[::1]" || host == "::1";
 }
 
 absl::Status CheckHealth(const std::string& address, const std::shared_ptr<grpc::ChannelCredentials>& creds,

@@ -68,6 +68,10 @@ void ApplyListenerLimits(const ListenerLimits& limits, grpc::ServerBuilder* buil
 // host becomes loopback) at `port` (the port actually bound).
 std::string ProbeAddress(const std::string& listen, int port);
 
+// Whether a listen address ("HOST:PORT") is reachable from this host only:
+// 127.0.0.0/8, ::1 or localhost. A wildcard or any other host is not.
+bool IsLoopbackListenAddress(const std::string& listen);
+
 // One grpc.health.v1.Health/Check (service "") on a fresh connection of its
 // own: OK when the server answers SERVING within `timeout`.
 absl::Status CheckHealth(const std::string& address, const std::shared_ptr<grpc::ChannelCredentials>& creds,
