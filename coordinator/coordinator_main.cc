@@ -120,7 +120,7 @@ int Run(int argc, char** argv) {
             "handler threads: every call in progress (a report stream, a watch) holds one; beyond this, new calls "
             "are refused with RESOURCE_EXHAUSTED",
             "1500");
-  flags.Add("max-streams-per-connection", "N", "concurrent calls on one connection", "100");
+  flags.Add("max-streams-per-connection", "N", "concurrent calls on one connection", "1000");
   flags.Add("idle-connection-timeout", "SECONDS", "a connection without any call for this long is closed", "300");
   flags.Add("report-idle-timeout", "SECONDS",
             "a worker's report stream that sends nothing for this long is cancelled (workers send telemetry "

@@ -43,7 +43,7 @@ struct ListenerLimits {
   // Memory gRPC may use for connections and messages before it sheds load.
   int64_t memory_quota_bytes = int64_t{4} << 30;
   // Concurrent calls on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
-  int max_streams_per_connection = 100;
+  int max_streams_per_connection = 1000;
   // A connection without any call for this long is closed (GOAWAY).
   absl::Duration max_connection_idle = absl::Minutes(5);
   // A connection that has not finished its (TLS) handshake by then is closed.
