@@ -2026,10 +2026,13 @@ void Coordinator::Impl::SchedulerLoop() {
       {
         absl::MutexLock lock(&mu_);
         if (shutdown_) return;
+        // Only sweeps of models a live worker serves: nobody else changes
+        // their jobs (a stream trimmed meanwhile is repaired once a worker
+        // registers), and the many sweeps waiting for a model nobody serves
+        // would cost Redis calls every pass.
+        const std::set<std::string> live = LiveModels();
         for (auto& [id, s] : sweeps_) {
-          // A sweep that never had a job enqueued has nothing to check (the
-          // many sweeps waiting for a model nobody serves cost nothing).
-          if (!Terminal(s->state) && !(s->next_job == 0 && s->inflight.empty())) unfinished.push_back(s);
+          if (!Terminal(s->state) && live.count(s->model)) unfinished.push_back(s);
         }
       }
       for (auto& s : unfinished) {
@@ -2050,12 +2053,24 @@ void Coordinator::Impl::SchedulerLoop() {
       }
       if (shutdown_) return;
       wake_scheduler_ = false;
-      // Only models a live worker serves: jobs wait in Redis for no one
-      // otherwise, and each model costs Redis calls on every pass. A worker
-      // registering wakes the scheduler.
+      // A model no live worker serves is filled only until its first few
+      // jobs wait in the stream (what FillModel targets then), not on every
+      // pass: each model costs Redis calls. A worker registering wakes the
+      // scheduler.
       const std::set<std::string> live = LiveModels();
+      std::map<std::string, std::pair<size_t, bool>> unserved;  // model -> (jobs in flight, jobs left)
       for (auto& [id, s] : sweeps_) {
-        if (s->state == State::kRunning && s->next_job < s->jobs && live.count(s->model)) models.insert(s->model);
+        if (s->state != State::kRunning) continue;
+        if (!live.count(s->model)) {
+          auto& [inflight, left] = unserved[s->model];
+          inflight += s->inflight.size();
+          left = left || s->next_job < s->jobs;
+        } else if (s->next_job < s->jobs) {
+          models.insert(s->model);
+        }
+      }
+      for (const auto& [model, state] : unserved) {
+        if (state.second && state.first < 2) models.insert(model);
       }
     }
     for (const std::string& model : models) {
