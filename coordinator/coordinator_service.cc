@@ -26,19 +26,24 @@
 #include "common/grpc_util.h"
 #include "common/job_payload.h"
 #include "common/log_time.h"
+#include "common/monotonic_clock.h"
 #include "common/status_macros.h"
+#include "coordinator/idle_stream_watchdog.h"
 #include "coordinator/job_binding.h"
 #include "coordinator/job_queue.h"
 #include "coordinator/leader_lease.h"
 #include "coordinator/output_root_lock.h"
+#include "coordinator/png_header_check.h"
 #include "coordinator/sweep_adopt.h"
 #include "coordinator/sweep_expander.h"
+#include "coordinator/sweep_folder_reader.h"
 #include "coordinator/sweep_output.h"
 #include "coordinator/throughput.h"
 #include "coordinator/worker_sessions.h"
 #include "sdfarm.grpc.pb.h"
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
+#include "worker/engine/sha256.h"
 
 namespace sdfarm::coordinator {
 namespace pb = ::sdfarm::v1;
@@ -291,6 +296,21 @@ redis.call('ZREM', KEYS[7], ARGV[1])
 return 1
 )lua";
 
+// KEYS: stream, inflight hash. ARGV: group, worker, stream id, job id, job
+// index. Takes a job whose images the coordinator could not store (disk
+// full, sweep folder replaced) out of the stream without counting a failure,
+// if the delivery is bound to the worker (job_binding.h): its in-flight
+// record stays, so the reconciler enqueues it again (a fresh entry,
+// deliveries from 1) once storage is retried. Returns the binding's code (1:
+// taken out).
+const std::string kHoldJobForStorageScript = absl::StrCat(kBindingLua, R"lua(
+local code = sdfarm_binding(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if code ~= 1 then return code end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+)lua");
+
 // KEYS: stream, inflight hash. ARGV: group, lease ms. The in-flight jobs of a
 // sweep whose stream entry is gone although the job was never acked (the
 // stream was trimmed, or the entry deleted by hand: XTRIM and XDEL delete
@@ -392,6 +412,7 @@ bool Terminal(State s) { return s == State::kDone || s == State::kCancelled; }
 struct Sweep {
   // Fixed once loaded.
   std::string id, name, model, request_id;
+  std::string owner;  // TokenOwner() of the token that submitted it
   SweepSpec spec;
   std::unique_ptr<SweepExpander> expander;
   int job_size = 1;
@@ -425,8 +446,13 @@ struct Sweep {
   // restarted coordinator still reports them; saved by the reconciler.
   int saved_recoveries = 0;
   std::string last_repair;
-  absl::Time last_rollback = absl::InfinitePast();  // one rollback seen by several checks is one repair
+  absl::Time last_rollback = absl::InfinitePast();  // MonotonicNow(); one rollback seen by several checks is one repair
+  // Why its images cannot be stored now (disk full, folder replaced); "" when
+  // they can. Its held jobs are enqueued again from storage_retry_at on.
+  std::string storage_problem;
+  absl::Time storage_retry_at = absl::InfinitePast();
   uint64_t version = 1;  // bumped on every change a watcher should see
+  absl::CondVar changed;  // signalled with version (Impl::changed_ wakes the scheduler)
   uint64_t seq = 0;      // numbering of recent_files / recent_failures
   std::deque<std::pair<uint64_t, std::string>> recent_files, recent_failures, recent_warnings;
 };
@@ -440,7 +466,8 @@ struct WorkerRecord {
   // other workers: Claim takes no expired job for it while one of them waits.
   std::map<std::string, absl::Time> failed_here;
   pb::WorkerInfo info;
-  absl::Time last_heartbeat;
+  absl::Time last_heartbeat;  // wall clock, shown to clients
+  absl::Time last_seen;       // MonotonicNow() of the same moment: liveness
   std::vector<pb::HeldJob> jobs;
   bool draining = false;
   int64_t images_done = 0;
@@ -460,6 +487,10 @@ constexpr int kClipPromptTokens = 75;
 // How often the scheduler checks each unfinished sweep against Redis.
 constexpr absl::Duration kReconcileInterval = absl::Seconds(2);
 // Longest a Claim waits for a job, whatever the worker asks.
+// (A waiting Claim sends nothing for up to this long by design: it is a
+// unary call bounded by this wait, never under the report streams' idle
+// watchdog, whose --report-idle-timeout is at least a second and 300 s by
+// default.)
 constexpr absl::Duration kMaxClaimWait = absl::Seconds(10);
 // How often a waiting Claim looks at Redis again without being woken (leases
 // expire without any event).
@@ -467,8 +498,66 @@ constexpr absl::Duration kClaimPoll = absl::Seconds(1);
 // Largest spec_json a Submit may carry (100,000 prompts of 300 characters).
 constexpr size_t kMaxSpecBytes = size_t{32} << 20;
 
+// How long a sweep whose images could not be stored waits before its held
+// jobs are handed out again.
+constexpr absl::Duration kStorageRetryInterval = absl::Seconds(5);
+
+// Storage errors of the coordinator's own, not the worker's: a full disk
+// (RESOURCE_EXHAUSTED) or a sweep folder that is not the one it opened
+// (FAILED_PRECONDITION); see sweep_output.h.
+bool IsStorageProblem(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kResourceExhausted || s.code() == absl::StatusCode::kFailedPrecondition;
+}
+
+// The status line of a sweep whose images cannot be stored.
+std::string StorageWarning(const Sweep& s) {
+  return absl::StrCat("cannot store images: ", s.storage_problem, "; the jobs wait and are retried every ",
+                      absl::FormatDuration(kStorageRetryInterval), " (not counted as failures)");
+}
+
 // How long start-up waits for Redis to answer.
 constexpr absl::Duration kStartupRedisWait = absl::Seconds(60);
+
+// A sweep hash whose name or model disagrees with its own spec was forged
+// (or corrupted): it is refused rather than trusted.
+absl::Status CheckSweepHashMatchesSpec(const std::string& id, const std::map<std::string, std::string>& hash,
+                                       const SweepSpec& spec) {
+  for (const auto& [field, want] : {std::pair<std::string, std::string>{"name", spec.name}, {"model", spec.model}}) {
+    auto it = hash.find(field);
+    if (it != hash.end() && it->second != want) {
+      return absl::DataLossError(absl::StrCat("sweep ", id, ": the ", field, " in Redis ('", it->second,
+                                              "') is not its spec's ('", want, "'); refusing to load it"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The identifiers of a report stream's first message, checked before any
+// lookup: a job id "<sweep id>/<index>" (ParseJobId) and a stream id
+// "<ms>-<seq>". (The worker is the session's: a worker id in a message, which
+// is optional, must be that one, checked before this.)
+grpc::Status ValidateReportHeader(const pb::JobReport& msg) {
+  auto parsed = ParseJobId(msg.job_id());
+  if (!parsed.ok() || parsed->second < 0 || msg.job_id().size() > 200) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, "malformed job id in the report"};
+  }
+  const std::string& id = msg.job_stream_id();
+  const size_t dash = id.find('-');
+  const bool digits = !id.empty() && id.size() <= 41 && dash != std::string::npos && dash > 0 &&
+                      dash + 1 < id.size() &&
+                      std::all_of(id.begin(), id.end(), [](char c) { return (c >= '0' && c <= '9') || c == '-'; }) &&
+                      id.find('-', dash + 1) == std::string::npos;
+  if (!digits) return {grpc::StatusCode::INVALID_ARGUMENT, "malformed job stream id in the report"};
+  return grpc::Status::OK;
+}
+
+// SHA-256 (hex) of a Submit's spec_json, kept with the sweep to tell a retry
+// of the same request from a reused request id.
+std::string SpecDigest(const std::string& spec_json) {
+  engine::Sha256 h;
+  h.Update(spec_json);
+  return h.HexDigest();
+}
 
 // Errors that a later attempt may not get: Redis unreachable, restarting,
 // too slow, or the connection broke.
@@ -482,7 +571,8 @@ bool IsTransient(const absl::Status& s) {
 
 class Coordinator::Impl {
  public:
-  explicit Impl(CoordinatorOptions options) : opt_(std::move(options)), pool_(opt_.redis) {}
+  explicit Impl(CoordinatorOptions options)
+      : opt_(std::move(options)), pool_(opt_.redis), report_watchdog_(opt_.report_idle_timeout) {}
 
   absl::Status Start();
   void Shutdown();
@@ -507,10 +597,11 @@ class Coordinator::Impl {
   }
 
   // ---- client calls
-  grpc::Status Submit(const pb::SubmitRequest& req, pb::SubmitResponse* resp);
+  grpc::Status Submit(const pb::SubmitRequest& req, const std::string& owner, pb::SubmitResponse* resp);
   grpc::Status GetStatus(const std::string& ref, pb::SweepStatus* out);
   grpc::Status List(pb::ListResponse* out);
-  grpc::Status Watch(grpc::ServerContext* ctx, const std::string& ref, grpc::ServerWriter<pb::WatchEvent>* writer);
+  grpc::Status Watch(grpc::ServerContext* ctx, const std::string& ref, const std::string& owner,
+                     grpc::ServerWriter<pb::WatchEvent>* writer);
   grpc::Status Cancel(const std::string& ref, pb::SweepStatus* out);
   grpc::Status SetPaused(const std::string& ref, bool paused, pb::SweepStatus* out);
   grpc::Status Workers(pb::WorkersResponse* out);
@@ -533,6 +624,8 @@ class Coordinator::Impl {
   std::string SweepKey(const std::string& id) const { return Key("sweep:" + id); }
   std::string StreamKey(const std::string& model) const { return Key("jobs:" + model); }
   std::string DeadKey(const std::string& model) const { return Key("dead:" + model); }
+  // A sweep's folder: from the output root and the validated name only.
+  std::string SweepDir(const std::string& name) const { return opt_.output_root + "/" + name; }
 
   absl::Status AcquireLeaderLease();
   absl::Status StartWithRedis();
@@ -572,9 +665,12 @@ class Coordinator::Impl {
   absl::StatusOr<std::shared_ptr<Sweep>> LoadSweep(RedisClient* redis, const std::string& id);
   std::shared_ptr<Sweep> Find(const std::string& ref) ABSL_LOCKS_EXCLUDED(mu_);
   void FillStatus(Sweep& s, pb::SweepStatus* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the sweep's own watchers only (a report of one sweep used to wake
+  // every Watch stream), and the scheduler when it has work.
   void Changed(Sweep& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++s.version;
-    changed_.SignalAll();
+    s.changed.SignalAll();
+    if (wake_scheduler_) changed_.SignalAll();
   }
   void MaybeFinish(Sweep& s, RedisClient* redis) ABSL_LOCKS_EXCLUDED(mu_);
   double LiveRate(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -591,7 +687,16 @@ class Coordinator::Impl {
     return vt > 0 ? vt - 1.0 / s.priority : 0;
   }
   int LiveWorkers(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool Live(const WorkerRecord& w, absl::Time now) const { return now - w.last_heartbeat < opt_.heartbeat_timeout; }
+  // The models at least one live, not draining, worker serves.
+  std::set<std::string> LiveModels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::set<std::string> models;
+    for (auto& [id, w] : workers_) {
+      if (!w.draining && Live(w)) models.insert(w.info.model());
+    }
+    return models;
+  }
+  // On the monotonic clock: a wall-clock step changes no worker's liveness.
+  bool Live(const WorkerRecord& w) const { return MonotonicNow() - w.last_seen < opt_.heartbeat_timeout; }
   // The models live workers serve, with their counts and rates, by name.
   std::vector<pb::ServedModel> ServedModels() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Keeps a lasting warning of a sweep (once; at most kMaxWarnings).
@@ -629,6 +734,27 @@ class Coordinator::Impl {
   void NoteRollback(Sweep& s, const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   JobPayload PayloadFor(const Sweep& s, int64_t job_index) const;
 
+  // A request id reused with another spec_json is refused (ALREADY_EXISTS):
+  // answering with the new spec's counts made the client believe it had
+  // submitted what it had not.
+  grpc::Status CheckSameRequest(RedisClient* redis, const std::string& sweep_id, const std::string& request_id,
+                                const std::string& spec_json);
+  // Per-token quotas (request_limits.h): RESOURCE_EXHAUSTED naming the limit.
+  grpc::Status CheckSubmitQuota(const std::string& owner, const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  grpc::Status CheckWatcherQuota(const std::string& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The checks a reported image passes before any decoding: the delivery is
+  // bound to the reporter (job_binding.h; PERMISSION_DENIED for another
+  // job's, *lost when no longer held), then the PNG header
+  // (png_header_check.h).
+  absl::Status CheckImageBeforeDecoding(Sweep& s, const std::string& worker, const std::string& stream_id,
+                                        const std::string& job_id, int64_t job_index, const Item& item,
+                                        const pb::FinishedImage& image, RedisClient* redis, bool* lost);
+  // An image `why` could not be stored (IsStorageProblem): the sweep's status
+  // says so, and the job leaves the stream without counting a failure; it is
+  // handed out again after kStorageRetryInterval, and again, until the
+  // images can be written.
+  void HoldJobForStorage(Sweep& s, const std::string& worker, const std::string& stream_id, const std::string& job_id,
+                         int64_t job_index, const absl::Status& why, RedisClient* redis);
   // Handles one reported image; sets *lost / *cancelled when it was discarded.
   absl::Status HandleImage(Sweep& s, const std::string& worker, int64_t job_index, const std::string& stream_id,
                            const std::string& job_id, const pb::FinishedImage& image, absl::Time job_started, RedisClient* redis, bool* lost,
@@ -638,6 +764,7 @@ class Coordinator::Impl {
   RedisPool pool_;
   std::unique_ptr<OutputRootLock> root_lock_;  // one coordinator per output root
   std::unique_ptr<LeaderLease> lease_;         // one coordinator per farm (Redis + key prefix)
+  IdleStreamWatchdog report_watchdog_;
 
   absl::Mutex mu_;
   absl::CondVar changed_;
@@ -650,6 +777,7 @@ class Coordinator::Impl {
   std::set<std::string> unloaded_ ABSL_GUARDED_BY(mu_);              // sweep ids to load again
   std::vector<std::string> farm_warnings_ ABSL_GUARDED_BY(mu_);      // e.g. Redis may lose writes
   int watchers_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int> watchers_by_owner_ ABSL_GUARDED_BY(mu_);  // TokenOwner -> open Watch streams
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_scheduler_ ABSL_GUARDED_BY(mu_) = false;
   bool reconcile_soon_ ABSL_GUARDED_BY(mu_) = false;  // a sweep's Redis state looked lost
@@ -665,7 +793,7 @@ class Coordinator::Impl {
   }
     grpc::Status Submit(grpc::ServerContext* ctx, const pb::SubmitRequest* req, pb::SubmitResponse* resp) override {
       SDFARM_AUTH_CLIENT();
-      return impl_->Submit(*req, resp);
+      return impl_->Submit(*req, TokenOwner(BearerToken(*ctx)), resp);
     }
     grpc::Status Status(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
       SDFARM_AUTH_CLIENT();
@@ -678,7 +806,7 @@ class Coordinator::Impl {
     grpc::Status Watch(grpc::ServerContext* ctx, const pb::SweepRef* req,
                        grpc::ServerWriter<pb::WatchEvent>* writer) override {
       SDFARM_AUTH_CLIENT();
-      return impl_->Watch(ctx, req->sweep(), writer);
+      return impl_->Watch(ctx, req->sweep(), TokenOwner(BearerToken(*ctx)), writer);
     }
     grpc::Status Cancel(grpc::ServerContext* ctx, const pb::SweepRef* req, pb::SweepStatus* resp) override {
       SDFARM_AUTH_CLIENT();
@@ -723,6 +851,7 @@ class Coordinator::Impl {
   }
     grpc::Status Register(grpc::ServerContext* ctx, const pb::RegisterRequest* req, pb::RegisterResponse* resp) override {
       SDFARM_AUTH_WORKER();
+      if (grpc::Status c = CheckRegisterRequest(*req); !c.ok()) return c;
       return impl_->Register(*req, resp);
     }
     grpc::Status Claim(grpc::ServerContext* ctx, const pb::ClaimRequest* req, pb::ClaimResponse* resp) override {
@@ -732,6 +861,7 @@ class Coordinator::Impl {
     grpc::Status Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest* req,
                            pb::HeartbeatResponse* resp) override {
       SDFARM_AUTH_WORKER();
+      if (grpc::Status c = CheckHeartbeatRequest(*req); !c.ok()) return c;
       return impl_->Heartbeat(ctx, *req, resp);
     }
     grpc::Status ReportJob(grpc::ServerContext* ctx, grpc::ServerReader<pb::JobReport>* reader,
@@ -829,6 +959,7 @@ void Coordinator::Impl::Shutdown() {
     if (shutdown_) return;
     shutdown_ = true;
     changed_.SignalAll();
+    for (auto& [id, s] : sweeps_) s->changed.SignalAll();
   }
   if (scheduler_.joinable()) scheduler_.join();
 }
@@ -840,13 +971,17 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
   if (f.empty()) return absl::NotFoundError("sweep " + id + " has no state in Redis");
   auto s = std::make_shared<Sweep>();
   s->id = id;
-  s->name = f["name"];
-  s->model = f["model"];
   s->request_id = f["request_id"];
+  s->owner = f["owner"];
   nlohmann::json spec_json = nlohmann::json::parse(f["spec"], nullptr, false);
   SweepLimits limits = opt_.limits;
   limits.max_images = INT64_MAX;  // accepted once; a later, smaller limit must not strand it
   ASSIGN_OR_RETURN(s->spec, SweepSpec::FromJson(spec_json, limits, 0));
+  // Names (and so keys and paths) come from the validated spec, never from
+  // other fields of the hash, which anyone with Redis access may have forged.
+  RETURN_IF_ERROR(CheckSweepHashMatchesSpec(id, f, s->spec));
+  s->name = s->spec.name;
+  s->model = s->spec.model;
   auto num = [&](const char* k) -> int64_t {
     int64_t v = 0;
     (void)absl::SimpleAtoi(f[k], &v);
@@ -858,7 +993,7 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::LoadSweep(RedisClient*
   s->jobs = s->expander->num_jobs();
   s->created_ms = num("created_ms");
   s->priority = s->spec.priority;
-  s->output_dir = f["output_dir"];
+  s->output_dir = SweepDir(s->name);
   for (uint64_t seed : s->spec.seeds) {
     const uint64_t last = seed + static_cast<uint64_t>(std::max(0, s->spec.images_per_combination - 1));
     if (seed > static_cast<uint64_t>(INT64_MAX) || last > static_cast<uint64_t>(INT64_MAX) || last < seed) {
@@ -969,10 +1104,9 @@ std::shared_ptr<Sweep> Coordinator::Impl::Find(const std::string& ref) {
 // ----------------------------------------------------------------- status --
 
 int Coordinator::Impl::LiveWorkers(const std::string& model) {
-  const absl::Time now = absl::Now();
   int n = 0;
   for (auto& [id, w] : workers_) {
-    if (w.info.model() == model && !w.draining && Live(w, now)) ++n;
+    if (w.info.model() == model && !w.draining && Live(w)) ++n;
   }
   return n;
 }
@@ -981,7 +1115,7 @@ double Coordinator::Impl::LiveRate(const std::string& model) {
   const absl::Time now = absl::Now();
   double r = 0;
   for (auto& [id, w] : workers_) {
-    if (w.info.model() == model && Live(w, now)) r += w.rate.PerSecond(now);
+    if (w.info.model() == model && Live(w)) r += w.rate.PerSecond(now);
   }
   return r;
 }
@@ -990,7 +1124,7 @@ std::vector<pb::ServedModel> Coordinator::Impl::ServedModels() {
   const absl::Time now = absl::Now();
   std::map<std::string, pb::ServedModel> served;
   for (auto& [id, w] : workers_) {
-    if (w.draining || !Live(w, now)) continue;
+    if (w.draining || !Live(w)) continue;
     pb::ServedModel& m = served[w.info.model()];
     m.set_model(w.info.model());
     m.set_workers(m.workers() + 1);
@@ -1026,13 +1160,14 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
   out->set_state_lost(s.state_lost);
   out->set_recoveries(s.recoveries);
   if (Terminal(s.state)) return;
+  if (!s.storage_problem.empty()) out->add_warnings(StorageWarning(s));
   out->set_live_workers(LiveWorkers(s.model));
   // The sweep's rate is the sum of its live workers' rates: a lost worker
   // stops counting at once, so the ETA follows the workers that are left.
   double rate = 0;
   for (auto& [wid, wr] : s.worker_rates) {
     auto it = workers_.find(wid);
-    if (it == workers_.end() || !Live(it->second, now)) continue;
+    if (it == workers_.end() || !Live(it->second)) continue;
     const double r = wr.PerSecond(now);
     if (r <= 0) continue;
     rate += r;
@@ -1044,7 +1179,7 @@ void Coordinator::Impl::FillStatus(Sweep& s, pb::SweepStatus* out) {
   // Jobs being rendered, from the workers' step telemetry.
   double rendering = 0;
   for (auto& [wid, w] : workers_) {
-    if (w.current_job.empty() || !Live(w, now)) continue;
+    if (w.current_job.empty() || !Live(w)) continue;
     auto parsed = ParseJobId(w.current_job);
     if (!parsed.ok() || parsed->first != s.id || parsed->second < 0 || parsed->second >= s.jobs) continue;
     const int64_t images = s.expander->JobAt(parsed->second).count;
@@ -1092,7 +1227,57 @@ void Coordinator::Impl::MaybeFinish(Sweep& s, RedisClient* redis) {
 
 // ------------------------------------------------------------ client calls --
 
-grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitResponse* resp) {
+grpc::Status Coordinator::Impl::CheckSubmitQuota(const std::string& owner, const std::string& model) {
+  const TokenLimits& l = opt_.token_limits;
+  int unfinished = 0, waiting = LiveWorkers(model) == 0 ? 1 : 0;
+  std::map<std::string, bool> served;  // model -> has a live worker
+  for (auto& [id, s] : sweeps_) {
+    if (s->owner != owner || Terminal(s->state)) continue;
+    ++unfinished;
+    auto it = served.find(s->model);
+    if (it == served.end()) it = served.emplace(s->model, LiveWorkers(s->model) > 0).first;
+    if (!it->second) ++waiting;
+  }
+  if (l.max_unfinished_sweeps > 0 && unfinished >= l.max_unfinished_sweeps) {
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("this token has ", unfinished, " unfinished sweeps; the limit is ", l.max_unfinished_sweeps,
+                         " per token (--max-unfinished-sweeps-per-token): wait for some to finish, or cancel or "
+                         "remove some")};
+  }
+  if (l.max_waiting_sweeps > 0 && waiting > l.max_waiting_sweeps) {
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("this token has ", waiting - 1, " sweeps waiting for models no live worker serves; the limit "
+                         "is ", l.max_waiting_sweeps, " per token (--max-waiting-sweeps-per-token)")};
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::CheckSameRequest(RedisClient* redis, const std::string& sweep_id,
+                                                const std::string& request_id, const std::string& spec_json) {
+  auto r = redis->Command({"HGET", SweepKey(sweep_id), "request_spec_sha256"});
+  if (!r.ok()) return ToGrpc(r.status());
+  // (Sweeps created before this check have no digest: taken as the same.)
+  if (r->is_string() && r->str() != SpecDigest(spec_json)) {
+    return {grpc::StatusCode::ALREADY_EXISTS,
+            absl::StrCat("request id '", request_id, "' already submitted sweep ", sweep_id,
+                         " with another spec; use a new request id for a new sweep")};
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::CheckWatcherQuota(const std::string& owner) {
+  const int limit = opt_.token_limits.max_watchers;
+  auto it = watchers_by_owner_.find(owner);
+  if (limit > 0 && it != watchers_by_owner_.end() && it->second >= limit) {
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("too many watchers for this token (", limit, " per token, --max-watchers-per-token); try "
+                         "again later")};
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, const std::string& owner,
+                                       pb::SubmitResponse* resp) {
   // Checked before parsing: a JSON document costs many times its size in memory.
   if (req.spec_json().size() > kMaxSpecBytes) {
     return {grpc::StatusCode::INVALID_ARGUMENT,
@@ -1141,13 +1326,17 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
 
   // The same spec as a sweep whose Redis state was lost: adopt it (its
   // images are kept) rather than refuse the name or start a second sweep.
-  const std::string dir = opt_.output_root + "/" + spec->name;
+  const std::string dir = SweepDir(spec->name);
   if (grpc::Status adopted = AdoptResubmitted(*spec, resp); adopted.error_code() != grpc::StatusCode::NOT_FOUND) {
     return adopted;
   }
   // The folder must not hold another sweep's images.
   {
     absl::MutexLock lock(&mu_);
+    // (A retry of a submit that made its sweep is not a new sweep.)
+    if (!names_.count(spec->name)) {
+      if (grpc::Status q = CheckSubmitQuota(owner, spec->model); !q.ok()) return q;
+    }
     if (!names_.count(spec->name) && std::filesystem::exists(dir + "/metadata.jsonl")) {
       return {grpc::StatusCode::ALREADY_EXISTS,
               "the output folder " + dir + " already holds images of another sweep; choose another name"};
@@ -1174,6 +1363,8 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
            {"jobs_done", "0"},
            {"created_ms", absl::StrCat(created)},
            {"request_id", request_id},
+           {"owner", owner},
+           {"request_spec_sha256", SpecDigest(req.spec_json())},
            {"output_dir", dir}}) {
     argv.push_back(k);
     argv.push_back(v);
@@ -1189,6 +1380,9 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, pb::SubmitR
             "sweep name '" + spec->name + "' is already used by sweep " + existing + "; choose another name"};
   }
   if (code == 1) {  // a retry of a submit that already happened
+    if (grpc::Status same = CheckSameRequest(redis->get(), existing, request_id, req.spec_json()); !same.ok()) {
+      return same;
+    }
     // The first attempt may have failed after creating the sweep in Redis
     // (its reply lost with a broken connection) and before this process
     // loaded it: load it now, or it would exist but never run.
@@ -1242,7 +1436,7 @@ grpc::Status Coordinator::Impl::List(pb::ListResponse* out) {
   return grpc::Status::OK;
 }
 
-grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::string& ref,
+grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::string& ref, const std::string& owner,
                                       grpc::ServerWriter<pb::WatchEvent>* writer) {
   std::shared_ptr<Sweep> s = Find(ref);
   if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
@@ -1253,7 +1447,9 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
       return {grpc::StatusCode::RESOURCE_EXHAUSTED,
               absl::StrCat("too many watchers (", opt_.max_watchers, "); try again later")};
     }
+    if (grpc::Status q = CheckWatcherQuota(owner); !q.ok()) return q;
     ++watchers_;
+    ++watchers_by_owner_[owner];
     seen_seq = s->seq;
   }
   grpc::Status result = grpc::Status::OK;
@@ -1262,9 +1458,9 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
     bool terminal = false;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Time deadline = absl::Now() + absl::Seconds(1);
-      while (!shutdown_ && s->version == seen_version && !ctx->IsCancelled() && absl::Now() < deadline) {
-        changed_.WaitWithDeadline(&mu_, deadline);
+      const absl::Time until = MonotonicNow() + absl::Seconds(1);
+      while (!shutdown_ && s->version == seen_version && !ctx->IsCancelled() && MonotonicNow() < until) {
+        s->changed.WaitWithTimeout(&mu_, until - MonotonicNow());
       }
       if (shutdown_) {
         result = {grpc::StatusCode::UNAVAILABLE, "coordinator shutting down; reconnect"};
@@ -1294,6 +1490,7 @@ grpc::Status Coordinator::Impl::Watch(grpc::ServerContext* ctx, const std::strin
   }
   absl::MutexLock lock(&mu_);
   --watchers_;
+  if (--watchers_by_owner_[owner] <= 0) watchers_by_owner_.erase(owner);
   return result;
 }
 
@@ -1407,20 +1604,21 @@ grpc::Status Coordinator::Impl::Workers(pb::WorkersResponse* out) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = absl::Now();
   // Workers that stopped without saying so are listed as lost for a while.
+  const absl::Time mono = MonotonicNow();
   std::erase_if(workers_, [&](const auto& kv) {
-    if (now - kv.second.last_heartbeat <= kForgetLostWorker) return false;
+    if (mono - kv.second.last_seen <= kForgetLostWorker) return false;
     sessions_.erase(kv.second.session);
     return true;
   });
   for (const std::string& w : farm_warnings_) out->add_warnings(w);
   for (auto& [id, w] : workers_) {
     pb::WorkerStatus* ws = out->add_workers();
-    ws->set_lost(!Live(w, now));
+    ws->set_lost(!Live(w));
     ws->set_worker_id(id);
     *ws->mutable_info() = w.info;
     ws->set_last_heartbeat_unix_ms(absl::ToUnixMillis(w.last_heartbeat));
     for (const auto& j : w.jobs) *ws->add_jobs() = j;
-    ws->set_images_per_second(Live(w, now) ? w.rate.PerSecond(now) : 0);
+    ws->set_images_per_second(Live(w) ? w.rate.PerSecond(now) : 0);
     ws->set_draining(w.draining);
     ws->set_images_done(w.images_done);
     ws->set_current_job_id(w.current_job);
@@ -1433,34 +1631,24 @@ grpc::Status Coordinator::Impl::Get(grpc::ServerContext* ctx, const std::string&
                                     grpc::ServerWriter<pb::FileChunk>* writer) {
   std::shared_ptr<Sweep> s = Find(ref);
   if (!s) return {grpc::StatusCode::NOT_FOUND, "no sweep with id or name '" + ref + "'"};
-  std::vector<std::string> files;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(s->output_dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && IsSafeFileName(name)) files.push_back(name);
-  }
-  if (ec) return {grpc::StatusCode::UNAVAILABLE, "cannot list " + s->output_dir + ": " + ec.message()};
-  std::sort(files.begin(), files.end());
+  // The folder is recomputed from the validated name and opened without
+  // following symlinks; so is every file in it (sweep_folder_reader.h).
+  auto folder = SweepFolderReader::Open(SweepDir(s->name));
+  if (!folder.ok()) return ToGrpc(folder.status());
   constexpr size_t kChunk = 1 << 20;
-  std::string buf(kChunk, '\0');
-  for (const std::string& name : files) {
-    std::ifstream in(s->output_dir + "/" + name, std::ios::binary);
-    if (!in) continue;  // removed meanwhile
-    int64_t offset = 0;
-    while (true) {
-      if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "cancelled by the client"};
-      in.read(buf.data(), static_cast<std::streamsize>(kChunk));
-      const std::streamsize n = in.gcount();
+  for (const std::string& name : (*folder)->Files()) {
+    absl::Status st = (*folder)->ReadFile(name, kChunk, [&](int64_t offset, std::string_view data, bool last) {
+      if (ctx->IsCancelled()) return absl::CancelledError("cancelled by the client");
       pb::FileChunk chunk;
       chunk.set_path(name);
       chunk.set_offset(offset);
-      chunk.set_data(buf.data(), static_cast<size_t>(n));
-      const bool last = n < static_cast<std::streamsize>(kChunk) || in.peek() == EOF;
+      chunk.set_data(data.data(), data.size());
       chunk.set_last(last);
-      if (!writer->Write(chunk)) return {grpc::StatusCode::CANCELLED, "client went away"};
-      offset += n;
-      if (last) break;
-    }
+      if (!writer->Write(chunk)) return absl::CancelledError("client went away");
+      return absl::OkStatus();
+    });
+    if (absl::IsNotFound(st)) continue;  // removed meanwhile
+    if (!st.ok()) return ToGrpc(st);
   }
   return grpc::Status::OK;
 }
@@ -1484,7 +1672,7 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
     // its id, but only from a registration that is gone: not while a live
     // one holds it, unless the caller shows that registration's session.
     // (A restarted coordinator knows no session: every old id is free.)
-    if (auto held = workers_.find(id); held != workers_.end() && Live(held->second, now) &&
+    if (auto held = workers_.find(id); held != workers_.end() && Live(held->second) &&
                                        !ConstantTimeEquals(req.session(), held->second.session)) {
       return {grpc::StatusCode::ALREADY_EXISTS,
               absl::StrCat("worker id '", id, "' is held by a live worker (last heartbeat ",
@@ -1495,7 +1683,7 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
     // Workers of one model must hold the same weights, or one sweep's images
     // would come from different models.
     for (auto& [wid, w] : workers_) {
-      if (wid != id && w.info.model() == info.model() && now - w.last_heartbeat < opt_.heartbeat_timeout &&
+      if (wid != id && w.info.model() == info.model() && Live(w) &&
           w.info.model_hash() != info.model_hash()) {
         return {grpc::StatusCode::FAILED_PRECONDITION,
                 absl::StrCat("model '", info.model(), "' is served by worker ", wid, " with weights hash ",
@@ -1510,6 +1698,7 @@ grpc::Status Coordinator::Impl::Register(const pb::RegisterRequest& req, pb::Reg
     w.handed.clear();
     w.info = info;
     w.last_heartbeat = now;
+    w.last_seen = MonotonicNow();
     w.draining = false;
     wake_scheduler_ = true;
   }
@@ -1579,7 +1768,7 @@ absl::StatusOr<std::optional<QueuedJob>> Coordinator::Impl::TryClaim(const std::
     //    nothing while that job waits to be reclaimed; after that it takes
     //    it too (a farm of one worker still retries it).
     bool leave_reclaims = false;
-    const absl::Time now = absl::Now();
+    const absl::Time now = MonotonicNow();
     std::vector<std::string> settled;
     for (const auto& [id, until] : failed_here) {
       if (until <= now) {
@@ -1625,7 +1814,7 @@ grpc::Status Coordinator::Impl::Claim(grpc::ServerContext* ctx, const pb::ClaimR
   if (grpc::Status st = CallerWorker(ctx, "", &worker, &model); !st.ok()) return st;
   const absl::Duration wait =
       std::clamp(absl::Milliseconds(req.max_wait_ms()), absl::ZeroDuration(), kMaxClaimWait);
-  const absl::Time deadline = absl::Now() + wait;
+  const absl::Time deadline = MonotonicNow() + wait;  // monotonic: a clock step neither ends nor stretches it
   while (true) {
     uint64_t seen = 0;
     {
@@ -1646,11 +1835,12 @@ grpc::Status Coordinator::Impl::Claim(grpc::ServerContext* ctx, const pb::ClaimR
       return grpc::Status::OK;
     }
     absl::MutexLock lock(&mu_);
-    const absl::Time poll = std::min(deadline, absl::Now() + kClaimPoll);
-    while (!shutdown_ && model_enqueued_[model] == seen && !ctx->IsCancelled() && absl::Now() < poll) {
-      changed_.WaitWithDeadline(&mu_, poll);
+    // (A relative wait: absl's CondVar deadlines are wall-clock times.)
+    const absl::Time poll = std::min(deadline, MonotonicNow() + kClaimPoll);
+    while (!shutdown_ && model_enqueued_[model] == seen && !ctx->IsCancelled() && MonotonicNow() < poll) {
+      changed_.WaitWithTimeout(&mu_, poll - MonotonicNow());
     }
-    if (shutdown_ || ctx->IsCancelled() || absl::Now() >= deadline) return grpc::Status::OK;
+    if (shutdown_ || ctx->IsCancelled() || MonotonicNow() >= deadline) return grpc::Status::OK;
   }
 }
 
@@ -1680,6 +1870,7 @@ grpc::Status Coordinator::Impl::Heartbeat(grpc::ServerContext* ctx, const pb::He
     }
     WorkerRecord& w = it->second;
     w.last_heartbeat = absl::Now();
+    w.last_seen = MonotonicNow();
     w.draining = req.draining();
     w.jobs.assign(req.jobs().begin(), req.jobs().end());
     if (req.jobs().empty()) w.current_job.clear();
@@ -1719,6 +1910,50 @@ grpc::Status Coordinator::Impl::Heartbeat(grpc::ServerContext* ctx, const pb::He
   return grpc::Status::OK;
 }
 
+void Coordinator::Impl::HoldJobForStorage(Sweep& s, const std::string& worker, const std::string& stream_id,
+                                          const std::string& job_id, int64_t job_index, const absl::Status& why,
+                                          RedisClient* redis) {
+  {
+    absl::MutexLock lock(&mu_);
+    const std::string problem(why.message());
+    if (s.storage_problem != problem) {
+      Log(absl::StrCat("sweep ", s.name, ": cannot store images: ", problem, "; its jobs wait and are retried every ",
+                       absl::FormatDuration(kStorageRetryInterval), " (not counted as failures)"));
+      s.storage_problem = problem;
+      s.recent_warnings.emplace_back(++s.seq, StorageWarning(s));
+      if (s.recent_warnings.size() > kRecentEvents) s.recent_warnings.pop_front();
+    }
+    s.storage_retry_at = MonotonicNow() + kStorageRetryInterval;
+    Changed(s);
+  }
+  auto r = Eval(redis, {"EVAL", kHoldJobForStorageScript, "2", StreamKey(s.model), SweepKey(s.id) + ":inflight",
+                        JobQueue::kGroup, worker, stream_id, job_id, absl::StrCat(job_index)});
+  // On a Redis error the job simply stays the worker's until its lease ends.
+  if (!r.ok()) Log(absl::StrCat("sweep ", s.name, ": cannot hold job ", stream_id, ": ", r.status().ToString()));
+}
+
+absl::Status Coordinator::Impl::CheckImageBeforeDecoding(Sweep& s, const std::string& worker,
+                                                         const std::string& stream_id, const std::string& job_id,
+                                                         int64_t job_index, const Item& item,
+                                                         const pb::FinishedImage& image, RedisClient* redis,
+                                                         bool* lost) {
+  // The same binding as the finish and the failure: this worker's delivery,
+  // of this job, the one the sweep has in flight for it.
+  ASSIGN_OR_RETURN(Binding binding, CheckBinding(redis, Delivery(s, worker, stream_id, job_id, job_index)));
+  if (binding == Binding::kMismatch) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("delivery ", stream_id, " is not job ", job_id, "'s; nothing was written"));
+  }
+  if (binding != Binding::kBound) {
+    *lost = true;
+    return absl::OkStatus();
+  }
+  if (absl::Status h = CheckPngHeader(image.png(), {item.width, item.height}); !h.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("image for item ", item.index, ": ", h.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker, int64_t job_index,
                                             const std::string& stream_id, const std::string& job_id,
                                             const pb::FinishedImage& image,
@@ -1729,6 +1964,25 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
   }
   const Item item = s.expander->ItemAt(image.item_index());
   const std::string file_name = s.expander->FileName(item);
+
+  // A sweep cancelled meanwhile keeps nothing; a redelivery of an image
+  // already on disk (a report sent again after its answer was lost, also once
+  // the job is finished) is skipped unread.
+  {
+    absl::MutexLock lock(&mu_);
+    if (s.state == State::kCancelled) {
+      *cancelled = true;
+      return absl::OkStatus();
+    }
+  }
+  {
+    absl::MutexLock out_lock(&s.out_mu);
+    if (s.output && s.output->IsRecorded(file_name)) return absl::OkStatus();
+  }
+  // Nothing is decoded before the reporter is known to hold the job and the
+  // PNG's header fits the item.
+  RETURN_IF_ERROR(CheckImageBeforeDecoding(s, worker, stream_id, job_id, job_index, item, image, redis, lost));
+  if (*lost) return absl::OkStatus();
 
   // Check the image before taking any lock: it must decode, and its embedded
   // parameters must be this item's.
@@ -1758,18 +2012,7 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
     }
   }
   if (!s.output) return absl::FailedPreconditionError("sweep " + s.name + " has no open output");
-  if (s.output->IsRecorded(file_name)) return absl::OkStatus();  // a redelivery: already on disk
-  // The same binding as the finish and the failure: this worker's delivery,
-  // of this job, the one the sweep has in flight for it.
-  ASSIGN_OR_RETURN(Binding binding, CheckBinding(redis, Delivery(s, worker, stream_id, job_id, job_index)));
-  if (binding == Binding::kMismatch) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("delivery ", stream_id, " is not job ", job_id, "'s; nothing was written"));
-  }
-  if (binding != Binding::kBound) {
-    *lost = true;
-    return absl::OkStatus();
-  }
+  if (s.output->IsRecorded(file_name)) return absl::OkStatus();  // recorded meanwhile by another delivery
   RETURN_IF_ERROR(s.output->WriteImage(file_name, image.png()));
   nlohmann::json row = {{"prompt", item.prompt},
                         {"negative_prompt", item.negative_prompt},
@@ -1794,6 +2037,15 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
                         {"prompt_tokens_dropped", image.dropped_tokens()},
                         {"parameters", parameters}};
   ASSIGN_OR_RETURN(bool added, s.output->RecordImage(file_name, row));
+  {
+    absl::MutexLock lock(&mu_);
+    if (!s.storage_problem.empty()) {
+      Log(absl::StrCat("sweep ", s.name, ": images are stored again (", s.storage_problem, " is over)"));
+      s.storage_problem.clear();
+      wake_scheduler_ = true;
+      Changed(s);
+    }
+  }
   if (added) {
     absl::MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
@@ -1824,6 +2076,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
   std::string worker, job_id, stream_id;
   int64_t job_index = -1;
   bool lost = false, cancelled = false, finished = false, bad = false, retryable = true;
+  bool held = false;  // its images could not be stored: held for a retry (HoldJobForStorage)
   std::string bad_reason;
   std::optional<RedisPool::Handle> redis;
   const absl::Time stream_started = absl::Now();  // about when the job started rendering
@@ -1834,14 +2087,18 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
     Log(absl::StrCat("report of job ", job_id, " (delivery ", stream_id, ") from ", worker, " refused: ", why));
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, why);
   };
+  IdleStreamWatchdog::Guard idle(&report_watchdog_, ctx);
 
   while (reader->Read(&msg)) {
+    idle.Touch();
+    if (grpc::Status c = CheckReportMessage(msg); !c.ok()) return c;
     if (!msg.worker_id().empty() && msg.worker_id() != worker) {
       return refused(absl::StrCat("this session belongs to worker ", worker, ", not ", msg.worker_id()));
     }
     if (job_index < 0) {
       job_id = msg.job_id();
       stream_id = msg.job_stream_id();
+      if (grpc::Status v = ValidateReportHeader(msg); !v.ok()) return v;
       auto parsed = ParseJobId(job_id);
       if (!parsed.ok()) return ToGrpc(parsed.status());
       sweep = Find(parsed->first);
@@ -1851,10 +2108,11 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
       } else if (sweep->model != model) {
         return refused(absl::StrCat("job ", job_id, " is of model ", sweep->model, "; this worker serves ", model));
       }
-      auto h = pool_.Acquire();
-      if (!h.ok()) return ToGrpc(h.status());
-      redis.emplace(std::move(*h));
       if (!lost) {
+        // A Redis connection only for a report about a job that can exist.
+        auto h = pool_.Acquire();
+        if (!h.ok()) return ToGrpc(h.status());
+        redis.emplace(std::move(*h));
         // Checked before anything of the report is used: a delivery that is
         // not this job's is refused whole (nothing written, nothing counted).
         auto b = CheckBinding(redis->get(), Delivery(*sweep, worker, stream_id, job_id, job_index));
@@ -1870,7 +2128,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
     } else if (msg.job_id() != job_id || msg.job_stream_id() != stream_id) {
       return {grpc::StatusCode::INVALID_ARGUMENT, "one ReportJob stream carries one job"};
     }
-    if (lost || cancelled || bad || finished) continue;  // drain the rest
+    if (lost || cancelled || bad || finished || held) continue;  // drain the rest
     switch (msg.event_case()) {
       case pb::JobReport::kStep: {
         absl::MutexLock lock(&mu_);
@@ -1891,6 +2149,9 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
           if (s.code() == absl::StatusCode::kInvalidArgument) {
             bad = true;
             bad_reason = std::string(s.message());
+          } else if (IsStorageProblem(s)) {
+            HoldJobForStorage(*sweep, worker, stream_id, job_id, job_index, s, redis->get());
+            held = true;
           } else {
             // Disk or Redis trouble: the worker will send the report again.
             Log(absl::StrCat("job ", job_id, " from ", worker, ": cannot store image: ", s.ToString()));
@@ -1951,6 +2212,12 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
         break;
     }
   }
+  if (idle.cancelled()) {
+    Log(absl::StrCat("job ", job_id, " from ", worker, ": report stream cancelled after ",
+                     absl::FormatDuration(opt_.report_idle_timeout), " without a message"));
+    return {grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat("the report stream sent nothing for ", absl::FormatDuration(opt_.report_idle_timeout))};
+  }
   if (job_index < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "empty report"};
 
   if (bad && !lost && !cancelled && sweep) {
@@ -1984,7 +2251,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
       {
         absl::MutexLock lock(&mu_);
         auto w = workers_.find(worker);
-        if (w != workers_.end() && retryable) w->second.failed_here[stream_id] = absl::Now() + opt_.lease;
+        if (w != workers_.end() && retryable) w->second.failed_here[stream_id] = MonotonicNow() + opt_.lease;
       }
       JobsArrived(sweep->model);  // released: claimable by the others now
       Log(absl::StrCat("job ", job_id, " failed on ", worker, " (attempt ", value, " of ", opt_.max_attempts,
@@ -2017,7 +2284,7 @@ grpc::Status Coordinator::Impl::ReportJob(grpc::ServerContext* ctx, grpc::Server
     ++discarded_reports_;
     Log(absl::StrCat("job ", job_id, " from ", worker, ": the worker no longer holds it; its results were discarded"));
   }
-  ack->set_accepted(!lost);
+  ack->set_accepted(!lost && !held);
   ack->set_cancel(cancelled);
   return grpc::Status::OK;
 }
@@ -2045,7 +2312,7 @@ std::vector<std::string> Coordinator::Impl::AdoptArgv(const std::string& id, con
            {"jobs_done", "0"},
            {"created_ms", absl::StrCat(created_ms)},
            {"request_id", request_id},
-           {"output_dir", opt_.output_root + "/" + name},
+           {"output_dir", SweepDir(name)},
            {"adopted_ms", absl::StrCat(NowMs())}}) {
     argv.push_back(k);
     argv.push_back(v);
@@ -2128,7 +2395,7 @@ absl::StatusOr<std::shared_ptr<Sweep>> Coordinator::Impl::AdoptFolder(const std:
   *adopted = code == 0;
   if (*adopted) {
     std::error_code ec;
-    std::filesystem::remove(opt_.output_root + "/" + name + "/" + kRemovedMarker, ec);
+    std::filesystem::remove(SweepDir(name) + "/" + kRemovedMarker, ec);
     ++sweep->recoveries;
     sweep->last_repair = absl::StrCat("repair ", sweep->recoveries, ": adopted from its folder (", why, "): ",
                                       sweep->done, " of ", sweep->total, " images on disk kept, the rest rendered");
@@ -2280,6 +2547,7 @@ absl::Status Coordinator::Impl::FillModel(const std::string& model) {
       for (auto& [id, s] : sweeps_) {
         if (s->model != model || s->state != State::kRunning || s->next_job >= s->jobs) continue;
         if (s->inflight.size() >= window || s->state_lost || refused.count(s.get())) continue;
+        if (!s->storage_problem.empty()) continue;  // its held jobs go first, when storage is retried
         if (!pick || s->pass < pick->pass || (s->pass == pick->pass && s->created_ms < pick->created_ms)) pick = s;
       }
       if (!pick) break;
@@ -2381,7 +2649,13 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
   const std::string inflight_key = SweepKey(s.id) + ":inflight";
   ASSIGN_OR_RETURN(RedisReply lost, redis->Command({"EVAL", kFindLostJobsScript, "2", StreamKey(s.model),
                                                     inflight_key, JobQueue::kGroup, lease_ms}));
+  bool storage_wait = false;
+  {
+    absl::MutexLock lock(&mu_);
+    storage_wait = !s.storage_problem.empty() && MonotonicNow() < s.storage_retry_at;
+  }
   for (const RedisReply& j : lost.array()) {
+    if (storage_wait) break;  // held for storage: not before the retry time
     int64_t job_index = 0;
     if (!absl::SimpleAtoi(j.str(), &job_index) || job_index < 0 || job_index >= s.jobs) continue;
     ASSIGN_OR_RETURN(RedisReply old_id, redis->Command({"HGET", inflight_key, j.str()}));
@@ -2449,7 +2723,7 @@ absl::Status Coordinator::Impl::Reconcile(Sweep& s) {
 
 void Coordinator::Impl::NoteRollback(Sweep& s, const std::string& what) {
   wake_scheduler_ = true;
-  const absl::Time now = absl::Now();
+  const absl::Time now = MonotonicNow();
   if (now - s.last_rollback < 2 * kReconcileInterval) return;  // the same rollback, seen by another check
   s.last_rollback = now;
   ++s.recoveries;
@@ -2465,8 +2739,9 @@ void Coordinator::Impl::NoteRollback(Sweep& s, const std::string& what) {
 }
 
 void Coordinator::Impl::SchedulerLoop() {
+  // Monotonic: a wall-clock step back must not stop the reconciler.
   absl::Time last_error_log = absl::InfinitePast();
-  absl::Time next_reconcile = absl::Now() + kReconcileInterval;
+  absl::Time next_reconcile = MonotonicNow() + kReconcileInterval;
   while (true) {
     bool reconcile_now = false;
     {
@@ -2474,21 +2749,28 @@ void Coordinator::Impl::SchedulerLoop() {
       reconcile_now = reconcile_soon_;
       reconcile_soon_ = false;
     }
-    if (reconcile_now || absl::Now() >= next_reconcile) {
-      next_reconcile = absl::Now() + kReconcileInterval;
+    if (reconcile_now || MonotonicNow() >= next_reconcile) {
+      next_reconcile = MonotonicNow() + kReconcileInterval;
       LoadMissingSweeps();
       std::vector<std::shared_ptr<Sweep>> unfinished;
       {
         absl::MutexLock lock(&mu_);
         if (shutdown_) return;
+        // Only sweeps of models a live worker serves: nobody else changes
+        // their jobs (a stream trimmed or a state lost meanwhile is repaired
+        // once a worker registers), and the many sweeps waiting for a model
+        // nobody serves would cost Redis calls every pass. A pass asked for
+        // at once (an enqueue was refused: a sweep's state may be lost)
+        // checks them all.
+        const std::set<std::string> live = LiveModels();
         for (auto& [id, s] : sweeps_) {
-          if (!Terminal(s->state)) unfinished.push_back(s);
+          if (!Terminal(s->state) && (reconcile_now || live.count(s->model))) unfinished.push_back(s);
         }
       }
       for (auto& s : unfinished) {
         absl::Status st = Reconcile(*s);
-        if (!st.ok() && absl::Now() - last_error_log > absl::Seconds(10)) {
-          last_error_log = absl::Now();
+        if (!st.ok() && MonotonicNow() - last_error_log > absl::Seconds(10)) {
+          last_error_log = MonotonicNow();
           Log(absl::StrCat("cannot check sweep ", s->name, " against Redis: ", st.ToString(), " (retrying)"));
         }
       }
@@ -2496,18 +2778,37 @@ void Coordinator::Impl::SchedulerLoop() {
     std::set<std::string> models;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Time deadline = absl::Now() + absl::Milliseconds(200);
-      while (!shutdown_ && !wake_scheduler_ && absl::Now() < deadline) changed_.WaitWithDeadline(&mu_, deadline);
+      // (A relative wait: absl's CondVar timeouts are not wall-clock deadlines.)
+      const absl::Time until = MonotonicNow() + absl::Milliseconds(200);
+      while (!shutdown_ && !wake_scheduler_ && MonotonicNow() < until) {
+        changed_.WaitWithTimeout(&mu_, until - MonotonicNow());
+      }
       if (shutdown_) return;
       wake_scheduler_ = false;
+      // A model no live worker serves is filled only until its first few
+      // jobs wait in the stream (what FillModel targets then), not on every
+      // pass: each model costs Redis calls. A worker registering wakes the
+      // scheduler.
+      const std::set<std::string> live = LiveModels();
+      std::map<std::string, std::pair<size_t, bool>> unserved;  // model -> (jobs in flight, jobs left)
       for (auto& [id, s] : sweeps_) {
-        if (s->state == State::kRunning && s->next_job < s->jobs) models.insert(s->model);
+        if (s->state != State::kRunning) continue;
+        if (!live.count(s->model)) {
+          auto& [inflight, left] = unserved[s->model];
+          inflight += s->inflight.size();
+          left = left || s->next_job < s->jobs;
+        } else if (s->next_job < s->jobs) {
+          models.insert(s->model);
+        }
+      }
+      for (const auto& [model, state] : unserved) {
+        if (state.second && state.first < 2) models.insert(model);
       }
     }
     for (const std::string& model : models) {
       absl::Status s = FillModel(model);
-      if (!s.ok() && absl::Now() - last_error_log > absl::Seconds(10)) {
-        last_error_log = absl::Now();
+      if (!s.ok() && MonotonicNow() - last_error_log > absl::Seconds(10)) {
+        last_error_log = MonotonicNow();
         Log(absl::StrCat("cannot queue jobs for model ", model, ": ", s.ToString(), " (retrying)"));
       }
     }

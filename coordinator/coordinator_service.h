@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/redis_client.h"
+#include "coordinator/request_limits.h"
 #include "coordinator/sweep_spec.h"
 
 namespace sdfarm::coordinator {
@@ -64,6 +65,10 @@ struct CoordinatorOptions {
   // Called when another coordinator turns out to hold the lease; default:
   // log and exit the process with kExitLostLeadership.
   std::function<void(const std::string&)> on_lost_leadership;
+  // A ReportJob stream that sends nothing for this long is cancelled (it
+  // holds a handler thread and a Redis connection while open).
+  absl::Duration report_idle_timeout = absl::Minutes(5);
+  TokenLimits token_limits;  // per client token (request_limits.h)
 };
 
 // The coordinator's exit status when it finds another coordinator holding

@@ -1,13 +1,14 @@
 #include "coordinator/sweep_output.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <vector>
 
 #include "common/status_macros.h"
 
@@ -20,7 +21,10 @@ constexpr char kManifest[] = "metadata.jsonl";
 constexpr char kTempSuffix[] = ".sdfarm-tmp";
 
 absl::Status Errno(const std::string& what, const std::string& path) {
-  return absl::UnavailableError(what + " " + path + ": " + std::strerror(errno));
+  const int e = errno;
+  const std::string message = what + " " + path + ": " + std::strerror(e);
+  if (e == ENOSPC || e == EDQUOT) return absl::ResourceExhaustedError(message);
+  return absl::UnavailableError(message);
 }
 
 absl::Status WriteAll(int fd, const std::string& bytes, const std::string& path) {
@@ -36,12 +40,8 @@ absl::Status WriteAll(int fd, const std::string& bytes, const std::string& path)
   return absl::OkStatus();
 }
 
-absl::Status FsyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Errno("cannot open", dir);
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return Errno("cannot fsync", dir);
+absl::Status FsyncFd(int fd, const std::string& path) {
+  if (::fsync(fd) != 0) return Errno("cannot fsync", path);
   return absl::OkStatus();
 }
 
@@ -63,26 +63,75 @@ absl::StatusOr<std::unique_ptr<SweepOutput>> SweepOutput::Open(const std::string
                                       "' must be 1-200 characters of [A-Za-z0-9._-] without a leading '.'");
   }
   std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) return absl::UnavailableError("cannot create " + root + ": " + ec.message());
   const std::string dir = (fs::path(root) / name).string();
-  fs::create_directories(dir, ec);
-  if (ec) return absl::UnavailableError("cannot create " + dir + ": " + ec.message());
-  // A crash between write and rename leaves a temporary file: never a result.
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string f = entry.path().filename().string();
-    if (f.size() > sizeof(kTempSuffix) && f.find(kTempSuffix) != std::string::npos) fs::remove(entry.path(), ec);
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return Errno("cannot create", dir);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ELOOP || errno == ENOTDIR) {
+      return absl::FailedPreconditionError("the sweep folder " + dir +
+                                           " is a symbolic link or not a folder; it must be a real folder");
+    }
+    return Errno("cannot open", dir);
   }
-  auto out = std::unique_ptr<SweepOutput>(new SweepOutput(dir));
+  auto out = std::unique_ptr<SweepOutput>(new SweepOutput(dir, fd));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Errno("cannot stat", dir);
+  out->dev_ = st.st_dev;
+  out->ino_ = st.st_ino;
+  // A crash between write and rename leaves a temporary file: never a result.
+  const int list_fd = ::dup(fd);
+  if (list_fd < 0) return Errno("cannot list", dir);
+  if (DIR* d = ::fdopendir(list_fd)) {
+    std::vector<std::string> stale;
+    while (const dirent* e = ::readdir(d)) {
+      const std::string f = e->d_name;
+      if (f.size() > sizeof(kTempSuffix) && f.find(kTempSuffix) != std::string::npos) stale.push_back(f);
+    }
+    ::closedir(d);
+    for (const std::string& f : stale) ::unlinkat(fd, f.c_str(), 0);
+  } else {
+    ::close(list_fd);
+    return Errno("cannot list", dir);
+  }
   RETURN_IF_ERROR(out->LoadManifest());
   return out;
 }
 
+SweepOutput::~SweepOutput() {
+  if (dir_fd_ >= 0) ::close(dir_fd_);
+}
+
+absl::Status SweepOutput::CheckFolderUnchanged() const {
+  struct stat st {};
+  if (::lstat(dir_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_dev != dev_ || st.st_ino != ino_) {
+    return absl::FailedPreconditionError("the sweep folder " + dir_ +
+                                         " was replaced or removed (a symbolic link?) since the coordinator opened "
+                                         "it; no image is written until the folder is restored");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SweepOutput::LoadManifest() {
   const std::string path = dir_ + "/" + kManifest;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::OkStatus();  // a new sweep
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  const int fd = ::openat(dir_fd_, kManifest, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return absl::OkStatus();  // a new sweep
+    return Errno("cannot open", path);
+  }
+  std::string text;
+  char buf[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      return Errno("cannot read", path);
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
   size_t good_end = 0;  // bytes up to the last complete, parseable row
   size_t pos = 0;
   while (pos < text.size()) {
@@ -90,35 +139,37 @@ absl::Status SweepOutput::LoadManifest() {
     if (nl == std::string::npos) break;  // torn last line: dropped below
     nlohmann::json row = nlohmann::json::parse(text.substr(pos, nl - pos), nullptr, /*allow_exceptions=*/false);
     if (row.is_discarded() || !row.is_object() || !row.contains("file_name") || !row["file_name"].is_string()) {
+      ::close(fd);
       return absl::DataLossError(path + ": unreadable row at byte " + std::to_string(pos));
     }
     recorded_.insert(row["file_name"].get<std::string>());
     pos = nl + 1;
     good_end = pos;
   }
-  if (good_end < text.size()) {
-    // The coordinator died while appending: cut the partial row so the next append starts clean.
-    std::error_code ec;
-    fs::resize_file(path, good_end, ec);
-    if (ec) return absl::UnavailableError("cannot truncate " + path + ": " + ec.message());
-  }
-  return absl::OkStatus();
+  absl::Status s;
+  // The coordinator died while appending: cut the partial row so the next append starts clean.
+  if (good_end < text.size() && ::ftruncate(fd, static_cast<off_t>(good_end)) != 0) s = Errno("cannot truncate", path);
+  ::close(fd);
+  return s;
 }
 
 absl::Status SweepOutput::WriteFileAtomic(const std::string& file_name, const std::string& bytes) {
-  const std::string final_path = dir_ + "/" + file_name;
-  const std::string tmp = dir_ + "/." + file_name + kTempSuffix + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot create", tmp);
-  absl::Status s = WriteAll(fd, bytes, tmp);
-  if (s.ok() && ::fsync(fd) != 0) s = Errno("cannot fsync", tmp);
-  if (::close(fd) != 0 && s.ok()) s = Errno("cannot close", tmp);
-  if (s.ok() && std::rename(tmp.c_str(), final_path.c_str()) != 0) s = Errno("cannot rename to", final_path);
+  RETURN_IF_ERROR(CheckFolderUnchanged());
+  const std::string tmp = "." + file_name + kTempSuffix + std::to_string(::getpid());
+  const std::string tmp_path = dir_ + "/" + tmp;
+  int fd = ::openat(dir_fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("cannot create", tmp_path);
+  absl::Status s = WriteAll(fd, bytes, tmp_path);
+  if (s.ok() && ::fsync(fd) != 0) s = Errno("cannot fsync", tmp_path);
+  if (::close(fd) != 0 && s.ok()) s = Errno("cannot close", tmp_path);
+  if (s.ok() && ::renameat(dir_fd_, tmp.c_str(), dir_fd_, file_name.c_str()) != 0) {
+    s = Errno("cannot rename to", dir_ + "/" + file_name);
+  }
   if (!s.ok()) {
-    ::unlink(tmp.c_str());
+    ::unlinkat(dir_fd_, tmp.c_str(), 0);
     return s;
   }
-  return FsyncDir(dir_);
+  return FsyncFd(dir_fd_, dir_);
 }
 
 absl::Status SweepOutput::WriteImage(const std::string& file_name, const std::string& bytes) {
@@ -137,8 +188,9 @@ absl::StatusOr<bool> SweepOutput::RecordImage(const std::string& file_name, cons
   for (auto it = row.begin(); it != row.end(); ++it) {
     if (it.key() != "file_name") line[it.key()] = it.value();
   }
+  RETURN_IF_ERROR(CheckFolderUnchanged());
   const std::string path = dir_ + "/" + kManifest;
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  int fd = ::openat(dir_fd_, kManifest, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("cannot open", path);
   const off_t before = ::lseek(fd, 0, SEEK_END);
   absl::Status s = WriteAll(fd, line.dump() + "\n", path);

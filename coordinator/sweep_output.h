@@ -16,6 +16,14 @@
 // existing metadata.jsonl on Open, so a restarted coordinator resumes the
 // same set; a torn last line from a crash is dropped and rewritten.
 // Not thread-safe: one writer per sweep.
+//
+// The folder is opened once without following symlinks (a sweep folder that
+// is a symlink is refused), every file is reached through that descriptor
+// (openat, renameat, O_NOFOLLOW), and each write first checks that
+// <root>/<name> is still that very folder: a folder replaced by a symlink (or
+// moved away) gets FAILED_PRECONDITION, and nothing is written through it.
+// A full disk (ENOSPC, EDQUOT) is RESOURCE_EXHAUSTED; other I/O errors are
+// UNAVAILABLE. Nothing partial is left behind on any error.
 #ifndef SDFARM_COORDINATOR_SWEEP_OUTPUT_H_
 #define SDFARM_COORDINATOR_SWEEP_OUTPUT_H_
 
@@ -34,6 +42,9 @@ class SweepOutput {
   // Creates <root>/<name> if needed and removes temporary files a crash left.
   // `name` must be a plain folder name (no separators, not "." or "..").
   static absl::StatusOr<std::unique_ptr<SweepOutput>> Open(const std::string& root, const std::string& name);
+  ~SweepOutput();
+  SweepOutput(const SweepOutput&) = delete;
+  SweepOutput& operator=(const SweepOutput&) = delete;
 
   const std::string& dir() const { return dir_; }
   size_t recorded() const { return recorded_.size(); }
@@ -52,11 +63,15 @@ class SweepOutput {
   absl::Status WriteSpec(const nlohmann::json& spec);
 
  private:
-  explicit SweepOutput(std::string dir) : dir_(std::move(dir)) {}
+  SweepOutput(std::string dir, int dir_fd) : dir_(std::move(dir)), dir_fd_(dir_fd) {}
   absl::Status LoadManifest();
   absl::Status WriteFileAtomic(const std::string& file_name, const std::string& bytes);
+  // OK when dir_ is still the folder dir_fd_ refers to (not a symlink).
+  absl::Status CheckFolderUnchanged() const;
 
   std::string dir_;
+  int dir_fd_ = -1;  // the sweep folder, opened with O_NOFOLLOW
+  unsigned long dev_ = 0, ino_ = 0;
   std::set<std::string> recorded_;
 };
 

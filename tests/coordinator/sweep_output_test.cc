@@ -100,5 +100,38 @@ TEST(SweepOutput, ACorruptManifestIsReportedNotSilentlyRewritten) {
   fs::remove_all(root);
 }
 
+TEST(SweepOutput, ASweepFolderThatIsASymlinkIsRefused) {
+  const std::string root = TempRoot();
+  fs::create_directory(root + "/elsewhere");
+  fs::create_directory_symlink(root + "/elsewhere", root + "/linked");
+  auto out = SweepOutput::Open(root, "linked");
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kFailedPrecondition) << out.status();
+  EXPECT_NE(out.status().message().find("symbolic link"), std::string::npos) << out.status();
+  EXPECT_TRUE(fs::is_empty(root + "/elsewhere"));
+  fs::remove_all(root);
+}
+
+TEST(SweepOutput, AFolderReplacedByASymlinkAfterOpenGetsNothingWritten) {
+  const std::string root = TempRoot();
+  auto out = SweepOutput::Open(root, "s");
+  ASSERT_TRUE(out.ok()) << out.status();
+  fs::rename(root + "/s", root + "/moved");
+  fs::create_directory(root + "/elsewhere");
+  fs::create_directory_symlink(root + "/elsewhere", root + "/s");
+  const absl::Status w = (*out)->WriteImage("a.png", "png");
+  EXPECT_EQ(w.code(), absl::StatusCode::kFailedPrecondition) << w;
+  EXPECT_NE(w.message().find("was replaced or removed"), std::string::npos) << w;
+  EXPECT_EQ((*out)->RecordImage("a.png", {{"seed", 0}}).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(fs::is_empty(root + "/elsewhere"));
+  EXPECT_FALSE(fs::exists(root + "/moved/a.png"));
+  // The folder back in its place: writes go on.
+  fs::remove(root + "/s");
+  fs::rename(root + "/moved", root + "/s");
+  EXPECT_TRUE((*out)->WriteImage("a.png", "png").ok());
+  EXPECT_TRUE(*(*out)->RecordImage("a.png", {{"seed", 0}}));
+  EXPECT_EQ(Read(root + "/s/a.png"), "png");
+  fs::remove_all(root);
+}
+
 }  // namespace
 }  // namespace sdfarm::coordinator

@@ -1,8 +1,15 @@
 #include "tests/farm/hostile_worker.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "common/grpc_util.h"
 #include "worker/engine/a1111_parameters.h"
 #include "worker/engine/png_io.h"
@@ -48,15 +55,54 @@ grpc::Status HostileWorker::Heartbeat(const pb::HeartbeatRequest& req, pb::Heart
   return stub_->Heartbeat(&ctx, req, resp);
 }
 
-grpc::Status HostileWorker::Report(const std::vector<pb::JobReport>& messages, pb::ReportAck* ack) {
+absl::StatusOr<pb::ClaimedJob> HostileWorker::ClaimJob(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    pb::ClaimResponse resp;
+    const int64_t wait_ms = std::max<int64_t>(1, std::min<int64_t>(2000, absl::ToInt64Milliseconds(deadline - absl::Now())));
+    grpc::Status s = Claim(&resp, std::nullopt, wait_ms);
+    if (!s.ok()) return FromGrpc(s);
+    if (resp.has_job()) return resp.job();
+  }
+  return absl::DeadlineExceededError("no job handed out within " + absl::FormatDuration(timeout));
+}
+
+grpc::Status HostileWorker::Report(const std::vector<pb::JobReport>& messages, pb::ReportAck* ack,
+                                   absl::Duration timeout) {
   grpc::ClientContext ctx;
-  Prepare(&ctx, session_, absl::Seconds(20));
+  Prepare(&ctx, session_, timeout);
   auto writer = stub_->ReportJob(&ctx, ack);
   for (const pb::JobReport& m : messages) {
     if (!writer->Write(m)) break;
   }
   writer->WritesDone();
   return writer->Finish();
+}
+
+grpc::Status HostileWorker::ReportThenIdle(const std::vector<pb::JobReport>& messages, pb::ReportAck* ack,
+                                           absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, session_, timeout);
+  auto writer = stub_->ReportJob(&ctx, ack);
+  for (const pb::JobReport& m : messages) {
+    if (!writer->Write(m)) break;
+  }
+  return writer->Finish();
+}
+
+pb::JobReport HostileWorker::Envelope(const pb::ClaimedJob& job) {
+  pb::JobReport m;
+  m.set_job_id(job.job_id());
+  m.set_job_stream_id(job.stream_id());
+  return m;
+}
+
+pb::JobReport HostileWorker::Image(const pb::ClaimedJob& job, int64_t item_index, std::string png) {
+  pb::JobReport m = Envelope(job);
+  m.mutable_image()->set_item_index(item_index);
+  m.mutable_image()->set_png(std::move(png));
+  m.mutable_image()->set_render_seconds(0.1);
+  return m;
 }
 
 std::string ForgedPng(const coordinator::Item& item, const std::string& model) {
@@ -100,6 +146,21 @@ pb::JobReport ForgedFailure() {
   m.mutable_failed()->set_error("forged: this job can never succeed");
   m.mutable_failed()->set_retryable(false);
   return m;
+}
+
+double ProcessCpuSeconds(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  // Fields after the command name (which may hold spaces) start at ") ".
+  const size_t close = text.rfind(") ");
+  if (close == std::string::npos) return -1;
+  std::vector<std::string> f = absl::StrSplit(text.substr(close + 2), ' ');
+  // state is field 3 of the whole line, utime 14, stime 15: here 0, 11, 12.
+  if (f.size() < 13) return -1;
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return (std::stod(f[11]) + std::stod(f[12])) / ticks;
 }
 
 }  // namespace sdfarm::testing

@@ -2,12 +2,17 @@
 // proto alone (WorkerService with the worker token), doing what the protocol
 // lets any holder of the worker token try: claim jobs legitimately, then
 // report forged images or failures for other jobs, or speak as another
-// worker. Used by tests/farm/hostile_worker_test.cc and the chaos run.
+// worker, or send reports built to cost the coordinator (PNG bombs, idle
+// streams, oversized telemetry). Used by tests/farm/hostile_worker_test.cc,
+// image_checks_test.cc, listener_test.cc, request_limits_test.cc and the
+// chaos run.
 //
 //   HostileWorker mallory(farm->channel(), farm->worker_token());
 //   mallory.Register("mallory", "tiny-sd", "synthetic", &reg);
 //   mallory.Claim(&claimed);
 //   mallory.Report(ForgedReport(claimed.job().stream_id(), other_job_id, "", items, Done()), &ack);
+//   ASSERT_OK_AND_ASSIGN(pb::ClaimedJob job, mallory.ClaimJob(absl::Seconds(30)));
+//   mallory.Report({HostileWorker::Image(job, item_index, png_bytes)}, &ack);
 #ifndef SDFARM_TESTS_FARM_HOSTILE_WORKER_H_
 #define SDFARM_TESTS_FARM_HOSTILE_WORKER_H_
 
@@ -19,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "coordinator/sweep_expander.h"
 #include "sdfarm.grpc.pb.h"
@@ -36,8 +42,20 @@ class HostileWorker {
   grpc::Status Claim(sdfarm::v1::ClaimResponse* resp, const std::optional<std::string>& session = std::nullopt,
                      int64_t max_wait_ms = 2000);
   grpc::Status Heartbeat(const sdfarm::v1::HeartbeatRequest& req, sdfarm::v1::HeartbeatResponse* resp);
-  // One ReportJob stream carrying `messages`.
-  grpc::Status Report(const std::vector<sdfarm::v1::JobReport>& messages, sdfarm::v1::ReportAck* ack);
+  // Claims until a job is handed out or `timeout` passes (DEADLINE_EXCEEDED).
+  absl::StatusOr<sdfarm::v1::ClaimedJob> ClaimJob(absl::Duration timeout);
+  // One ReportJob stream carrying `messages`, then WritesDone and Finish.
+  grpc::Status Report(const std::vector<sdfarm::v1::JobReport>& messages, sdfarm::v1::ReportAck* ack,
+                      absl::Duration timeout = absl::Seconds(20));
+  // Sends `messages`, then nothing (no WritesDone) until the coordinator ends
+  // the call or `timeout` passes.
+  grpc::Status ReportThenIdle(const std::vector<sdfarm::v1::JobReport>& messages, sdfarm::v1::ReportAck* ack,
+                              absl::Duration timeout);
+
+  // A report message about `job` (no worker id: the session says who), and
+  // one carrying `png` as the image of `item_index`.
+  static sdfarm::v1::JobReport Envelope(const sdfarm::v1::ClaimedJob& job);
+  static sdfarm::v1::JobReport Image(const sdfarm::v1::ClaimedJob& job, int64_t item_index, std::string png);
 
   const std::string& session() const { return session_; }
 
@@ -62,6 +80,11 @@ std::vector<sdfarm::v1::JobReport> ForgedReport(const std::string& stream_id, co
                                                 const sdfarm::v1::JobReport& last);
 sdfarm::v1::JobReport ForgedDone();
 sdfarm::v1::JobReport ForgedFailure();  // not retryable: would dead-letter the job
+
+// User + system CPU seconds process `pid` has used so far (/proc/<pid>/stat);
+// -1 when it cannot be read. For "refused before it cost anything" checks
+// that must not depend on wall-clock timing.
+double ProcessCpuSeconds(int pid);
 
 }  // namespace sdfarm::testing
 
