@@ -25,7 +25,13 @@
 //     must refuse to start (lock, leader lease) and change nothing;
 //   - --redis-rollbacks times Redis's data folder is copied and, later in the
 //     sweep, redis-server is killed and started from the copy: the
-//     coordinator must notice, report and repair the rollback.
+//     coordinator must notice, report and repair the rollback;
+//   - --disk-fulls times the output disk fills up: the output root is a
+//     small tmpfs of its own (mounted before the coordinator starts; needs
+//     root or CAP_SYS_ADMIN, else the run stops with a message saying so), a
+//     file fills it mid-run until the sweep's status reports that images
+//     cannot be stored, stays a few seconds, and is deleted: the held jobs
+//     must come back without a failure counted or a job dead-lettered.
 //
 // At the end it checks the output folder (exactly the expected images, each a
 // valid PNG whose embedded parameters match its metadata.jsonl row and its
@@ -36,10 +42,14 @@
 //
 // Short form (ctest -L chaos): --images 300. Long form: see tests/chaos/README.md.
 #include <signal.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <filesystem>
 #include <cstdlib>
 #include <iostream>
@@ -95,6 +105,7 @@ struct Config {
   int dishonest = 1;  // dishonest workers (forged reports for other workers' jobs)
   int second_coordinators = 1;
   int redis_rollbacks = 1;
+  int disk_fulls = 0;
   int max_attempts = 10;
   int drop_replies_every = 0;
   double timeout = 0;  // 0: from the sweep's size
@@ -152,6 +163,12 @@ class ChaosRun {
   absl::Status StartASecondCoordinator();
   absl::Status CopyRedisData();
   absl::Status RollRedisBack();
+  // The output root becomes a tmpfs of its own (before the coordinator
+  // starts again); FailedPrecondition when it cannot be mounted.
+  absl::Status MountOutputTmpfs();
+  // Fills the output root's tmpfs, holds it until the sweep's status says
+  // images cannot be stored (and a few seconds more), then frees it.
+  absl::Status FillTheDisk();
 
   RedisClient* redis();
   std::optional<pb::SweepStatus> Poll();
@@ -174,6 +191,8 @@ class ChaosRun {
   std::vector<std::string> second_coordinator_problems_;
   std::vector<std::string> freeze_outcomes_;
   int dishonest_runs_ = 0, forged_reports_ = 0, forged_reports_refused_ = 0;
+  bool output_tmpfs_ = false;
+  int disk_fulls_ = 0, disk_fulls_reported_ = 0;
 };
 
 RedisClient* ChaosRun::redis() {
@@ -208,6 +227,11 @@ absl::Status ChaosRun::Setup() {
   auto farm = Farm::Start(o);
   if (!farm.ok()) return farm.status();
   farm_ = *std::move(farm);
+  if (c_.disk_fulls > 0) {
+    if (auto s = farm_->StopCoordinator(); !s.ok()) return s;
+    if (auto s = MountOutputTmpfs(); !s.ok()) return s;
+    if (auto s = farm_->StartCoordinator(); !s.ok()) return s;
+  }
   if (c_.drop_replies_every > 0) {
     auto proxy = testing::TcpProxy::Start(farm_->redis()->port());
     if (!proxy.ok()) return proxy.status();
@@ -243,6 +267,54 @@ absl::Status ChaosRun::Setup() {
     if (s.code() != absl::StatusCode::kUnavailable || absl::Now() > deadline) return s;
     absl::SleepFor(absl::Milliseconds(200));
   }
+}
+
+absl::Status ChaosRun::MountOutputTmpfs() {
+  // Room for every image several times over; the filler takes the rest.
+  const int64_t mib = 64 + c_.images / 16;
+  const std::string root = farm_->output_root();
+  if (::mount("tmpfs", root.c_str(), "tmpfs", 0, absl::StrCat("size=", mib, "m").c_str()) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--disk-fulls needs a tmpfs of its own over the output root ", root, ", and mount(2) failed: ",
+        std::strerror(errno), " (run as root or with CAP_SYS_ADMIN, or pass --disk-fulls 0)"));
+  }
+  output_tmpfs_ = true;
+  Say(absl::StrCat("output root ", root, " is a ", mib, " MiB tmpfs"));
+  return absl::OkStatus();
+}
+
+absl::Status ChaosRun::FillTheDisk() {
+  const std::string filler = farm_->output_root() + "/.chaos-filler";
+  {
+    std::ofstream out(filler, std::ios::binary);
+    const std::string block(1 << 16, '\0');
+    while (out.write(block.data(), static_cast<std::streamsize>(block.size())) && out.flush()) {
+    }
+  }
+  std::error_code ec;
+  const auto filled = std::filesystem::file_size(filler, ec);
+  ++disk_fulls_;
+  Say(absl::StrCat("disk full: ", ec ? 0 : filled >> 20, " MiB of filler on the output root"));
+  // Held until the sweep says so (workers report images within a job's
+  // time), then a few seconds more: several retries of the held jobs.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30 + c_.lease * 3);
+  bool reported = false;
+  while (!reported && absl::Now() < deadline) {
+    if (auto st = Poll(); st) {
+      for (const std::string& w : st->warnings()) reported = reported || absl::StrContains(w, "cannot store images");
+    }
+    if (!reported) absl::SleepFor(absl::Milliseconds(200));
+  }
+  if (reported) {
+    ++disk_fulls_reported_;
+    absl::SleepFor(absl::Seconds(6));
+  } else {
+    problems_.push_back("a full output disk was not reported in the sweep's status within 30 s");
+  }
+  std::filesystem::remove(filler, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot delete ", filler, ": ", ec.message()));
+  Say(absl::StrCat("disk freed", reported ? " (the sweep's status had reported it)" : " (never reported!)"));
+  return absl::OkStatus();
 }
 
 absl::Status ChaosRun::KillRandomWorker() {
@@ -514,6 +586,7 @@ absl::Status ChaosRun::Drive() {
     events.push_back({from, "copy-redis"});
     events.push_back({from + 0.25 / std::max(1, c_.redis_rollbacks), "rollback-redis"});
   }
+  for (int i = 0; i < c_.disk_fulls; ++i) events.push_back({0.2 + 0.6 * (i + 0.5) / c_.disk_fulls, "disk-full"});
   std::stable_sort(events.begin(), events.end(), [](const Event& a, const Event& b) { return a.at < b.at; });
   size_t next_event = 0;
 
@@ -548,6 +621,7 @@ absl::Status ChaosRun::Drive() {
       if (what == "second-coordinator") s = StartASecondCoordinator();
       if (what == "copy-redis") s = CopyRedisData();
       if (what == "rollback-redis") s = RollRedisBack();
+      if (what == "disk-full") s = FillTheDisk();
       if (!s.ok()) return s;
       continue;
     }
@@ -633,6 +707,9 @@ json ChaosRun::Check() {
   out["forged_reports_refused"] = forged_reports_refused_;
   out["second_coordinators_refused"] = second_coordinators_refused_;
   out["redis_rollbacks"] = redis_rollbacks_;
+  out["disk_fulls"] = disk_fulls_;
+  out["disk_fulls_reported"] = disk_fulls_reported_;
+  out["storage_holds"] = CountOf(farm_->CoordinatorLog(), "cannot store images");
   out["sweep_recoveries"] = last_.recoveries();
   out["rollbacks_reported"] = CountOf(farm_->CoordinatorLog(), "Redis's state went back");
   if (proxy_) out["coordinator_redis_replies_dropped"] = proxy_->replies_dropped();
@@ -700,6 +777,8 @@ json ChaosRun::Check() {
   require(second_coordinators_refused_ == c_.second_coordinators, "a second coordinator was not refused");
   require(redis_rollbacks_ == c_.redis_rollbacks, "not every Redis rollback happened (sweep too fast?)");
   require(last_.recoveries() >= c_.redis_rollbacks, "a Redis rollback was not reported in the sweep's status");
+  require(disk_fulls_ == c_.disk_fulls, "not every full disk happened (sweep too fast?)");
+  require(disk_fulls_reported_ == disk_fulls_, "a full disk was not reported in the sweep's status");
   if (c_.require_late_report && c_.sigstops > 0) {
     require(freezes_with_late_report_ >= 1 && out["discarded_late_results"].get<int64_t>() >= 1,
             "no frozen worker's late report was refused");
@@ -715,6 +794,10 @@ int ChaosRun::Run() {
   if (absl::Status s = Setup(); !s.ok()) {
     summary = {{"ok", false}, {"problems", {absl::StrCat("cannot start the farm: ", s.ToString())}}};
     std::cout << summary.dump(2) << std::endl;
+    if (output_tmpfs_) {
+      farm_->StopCoordinator().IgnoreError();
+      ::umount2(farm_->output_root().c_str(), MNT_DETACH);
+    }
     return 1;
   }
   absl::Status driven = Drive();
@@ -725,6 +808,14 @@ int ChaosRun::Run() {
   summary = Check();
   if (!summary["ok"].get<bool>()) {
     std::cerr << "---- the farm's logs (tails) ----\n" << farm_->Logs() << "\n";
+  }
+  if (output_tmpfs_) {
+    if (c_.keep) {
+      summary["output_root_tmpfs"] = farm_->output_root() + " (still mounted: umount it when done)";
+    } else {
+      farm_->StopCoordinator().IgnoreError();
+      ::umount2(farm_->output_root().c_str(), MNT_DETACH);
+    }
   }
   std::cout << summary.dump(2) << std::endl;
   return summary["ok"].get<bool>() ? 0 : 1;
@@ -753,6 +844,10 @@ int Main(int argc, char** argv) {
   flags.Add("redis-rollbacks", "N",
             "copy Redis's data folder and, later, restart redis-server from the copy (a rollback) this many times",
             "1");
+  flags.Add("disk-fulls", "N",
+            "fill the output disk (a tmpfs of its own over the output root: needs root or CAP_SYS_ADMIN) mid-run "
+            "this many times, until the sweep reports it, then free it",
+            "0");
   flags.Add("max-attempts", "N", "the coordinator's --max-attempts (deliveries before a job is given up)", "10");
   flags.Add("drop-coordinator-redis-replies", "N",
             "lose every N-th Redis reply to the coordinator after the command ran (0: none)", "0");
@@ -794,7 +889,7 @@ int Main(int argc, char** argv) {
       !i64("coordinator-restarts", 0, 100, &c.coordinator_restarts) ||
       !i64("redis-restarts", 0, 100, &c.redis_restarts) || !i64("dishonest", 0, 100, &c.dishonest) || !i64("max-attempts", 1, 1000, &c.max_attempts) ||
       !i64("second-coordinators", 0, 100, &c.second_coordinators) ||
-      !i64("redis-rollbacks", 0, 100, &c.redis_rollbacks) ||
+      !i64("redis-rollbacks", 0, 100, &c.redis_rollbacks) || !i64("disk-fulls", 0, 100, &c.disk_fulls) ||
       !i64("drop-coordinator-redis-replies", 0, 1000000, &c.drop_replies_every) ||
       !dbl("lease", 1, 3600, &c.lease) || !dbl("seconds-between-kills", 0, 3600, &c.seconds_between_kills) ||
       !dbl("timeout", 0, 86400, &c.timeout)) {
