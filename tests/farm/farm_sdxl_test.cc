@@ -173,7 +173,7 @@ TEST(FarmSdxlTest, NoSizeMeansTheModelsOwnAndSdxlRowsRecordWhatMadeTheImage) {
     ASSERT_TRUE(p.ok()) << text;
     std::map<std::string, std::string> extra(p->extra.begin(), p->extra.end());
     EXPECT_EQ(extra["Target size"], "96x80") << text;
-    EXPECT_EQ(extra["Negative target size"], "40x40") << text;
+    EXPECT_EQ(extra["Negative Target size"], "40x40") << text;  // the engine's key: "Negative " + "Target size"
     EXPECT_EQ(extra["Guidance rescale"], "0.5") << text;
     // "Negative prompt 2" is in the text only when it is not the negative prompt.
     EXPECT_EQ(row["negative_prompt_2"], extra.count("Negative prompt 2") ? extra["Negative prompt 2"] : p->negative_prompt)
