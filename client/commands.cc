@@ -375,11 +375,13 @@ int RunSubmit(const std::vector<std::string>& args) {
                              {"eta_seconds", response.eta_seconds()},
                              {"live_workers", response.live_workers()},
                              {"served_models", std::move(served)},
-                             {"warnings", std::move(warnings)}})
+                             {"warnings", std::move(warnings)},
+                             {"size_note", response.size_note()}})
                 << "\n";
     } else {
       std::cout << "sweep " << spec->name << ": " << response.images() << " images in " << response.jobs()
                 << " jobs for model " << spec->model << "\n";
+      if (!response.size_note().empty()) std::cout << response.size_note() << "\n";
       std::string fleet;
       for (const v1::ServedModel& m : response.served_models()) {
         absl::StrAppend(&fleet, fleet.empty() ? "" : ", ", m.model(), " (", m.workers(), " worker",
@@ -407,12 +409,14 @@ int RunSubmit(const std::vector<std::string>& args) {
                            {"images", response.images()},
                            {"jobs", response.jobs()},
                            {"eta_seconds", response.eta_seconds()},
-                           {"output_dir", output_dir}})
+                           {"output_dir", output_dir},
+                           {"size_note", response.size_note()}})
               << "\n"
               << std::flush;
   } else {
     std::cout << "sweep " << response.sweep_id() << " (" << spec->name << "): " << response.images() << " images in "
               << response.jobs() << " jobs" << (eta.empty() ? "" : ", ETA " + eta) << "\n";
+    if (!response.size_note().empty()) std::cout << response.size_note() << "\n";
     if (response.live_workers() == 0) {
       std::cout << "no live worker serves model " << spec->model << " yet: the sweep waits for one\n";
     }
@@ -845,7 +849,9 @@ int RunGrid(const std::vector<std::string>& args) {
   flags.Add("max-cell", "PIXELS", "larger images are downscaled to this many pixels a side (16..4096)", "256");
   flags.Add("out", "DIR", "where to write the sheets (default: <sweep folder>.grids beside it, outside the dataset)");
   flags.SetEpilog(
-      "Keys: seed, guidance (guidance_scale), steps, sampler, prompt, negative_prompt, width, height.\n"
+      "Keys: seed, guidance (guidance_scale), steps, sampler, prompt, negative_prompt, width, height;\n"
+      "SDXL rows also prompt_2, negative_prompt_2, original_size, target_size, crop_top_left,\n"
+      "guidance_rescale (and the negative_* sizes when given).\n"
       "When other parameters vary too, one sheet per combination: grid-001.png, grid-002.png, ...\n\n"
       "Examples:\n"
       "  sdfarm grid sdfarm-out/fox-study\n"
@@ -1025,7 +1031,8 @@ void AddSweepFlags(tools::CliFlags* flags, bool model_flag) {
              "samplers, comma list (default euler_a; pndm ddim euler euler_a lms dpmpp_2m dpmpp_2m_karras ddpm)",
              std::nullopt, /*repeatable=*/true);
   flags->Add("size", "LIST",
-             model_flag ? "image sizes WxH, e.g. 512x512,768x512 (default 512x512)"
+             model_flag ? "image sizes WxH, e.g. 512x512,768x512 (default: the model's own, as diffusers: 1024x1024 "
+                          "for SDXL, 512x512 for SD 1.5, as its live workers report; 512x512 when none is live)"
                         : "image sizes WxH, e.g. 512x512,768x512 (default: the model's own, as diffusers: 512x512 for "
                           "SD 1.x, 256x256 for the bundled model)");
   flags->Add("images-per-combination", "N", "seed s also renders s+1, ..., s+N-1 (default 1)");

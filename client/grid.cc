@@ -150,6 +150,34 @@ long double AsLongDouble(const Value& v) {
   return v.negative ? -m : m;
 }
 
+// <0, 0, >0 for two strings, with runs of digits compared as numbers, so
+// that "512x512" < "768x768" < "1024x1024" (SDXL's original_size) and
+// "prompt 2" < "prompt 10". 0 for texts that differ only in leading zeros.
+int NaturalCompare(std::string_view a, std::string_view b) {
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (digit(a[i]) && digit(b[j])) {
+      size_t end_a = i, end_b = j;
+      while (end_a < a.size() && digit(a[end_a])) ++end_a;
+      while (end_b < b.size() && digit(b[end_b])) ++end_b;
+      while (i + 1 < end_a && a[i] == '0') ++i;  // leading zeros
+      while (j + 1 < end_b && b[j] == '0') ++j;
+      if (end_a - i != end_b - j) return end_a - i < end_b - j ? -1 : 1;
+      if (int c = a.substr(i, end_a - i).compare(b.substr(j, end_b - j)); c != 0) return c < 0 ? -1 : 1;
+      i = end_a;
+      j = end_b;
+      continue;
+    }
+    if (a[i] != b[j]) return static_cast<unsigned char>(a[i]) < static_cast<unsigned char>(b[j]) ? -1 : 1;
+    ++i;
+    ++j;
+  }
+  if (i < a.size()) return 1;
+  if (j < b.size()) return -1;
+  return 0;
+}
+
 // <0, 0, >0 for two numbers.
 int CompareNumbers(const Value& a, const Value& b) {
   if (!a.is_float && !b.is_float) {
@@ -177,8 +205,8 @@ struct KeyInfo {
     return it->second;
   }
 
-  // Numerically when every (non-null) value is a number, else as strings;
-  // a missing value (null) comes last.
+  // Numerically when every (non-null) value is a number, else as strings
+  // (digit runs as numbers: NaturalCompare); a missing value (null) comes last.
   void Sort() {
     bool all_numbers = true;
     for (const Value& v : values) {
@@ -195,7 +223,10 @@ struct KeyInfo {
         int c = CompareNumbers(a, b);
         if (c != 0) return c < 0;
       }
-      if (a.text != b.text) return a.text < b.text;
+      if (a.text != b.text) {
+        const int c = NaturalCompare(a.text, b.text);
+        return c != 0 ? c < 0 : a.text < b.text;
+      }
       return a.kind < b.kind;
     });
     rank.assign(values.size(), 0);

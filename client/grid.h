@@ -7,11 +7,13 @@
 //   // g.files == {"out/fox-study.grids/grid.png"}
 //
 // Axes are metadata.jsonl keys (seed, guidance_scale, steps, sampler, prompt,
-// negative_prompt, width, height, ...; "guidance", "cfg" are accepted for
+// negative_prompt, width, height, and on SDXL rows prompt_2, original_size,
+// target_size, crop_top_left, guidance_rescale, ...; "guidance", "cfg" are accepted for
 // guidance_scale). Bookkeeping keys (file_name, item_index, job_index, worker,
 // render_seconds, parameters, sweep_id, sweep, model_hash) are not axes.
 // Values are ordered numerically when every value is a number (1, 2, 10; 7
-// and 7.0 are the same value), else as strings; a row that lacks the key
+// and 7.0 are the same value), else as strings whose digit runs compare as
+// numbers ("512x512" before "1024x1024"); a row that lacks the key
 // comes last, labelled "-". When parameters other than the two axes vary
 // (several prompts, say; bookkeeping keys never count), one sheet is made per
 // combination of them that occurs: grid-001.png, grid-002.png, ... in value

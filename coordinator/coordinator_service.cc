@@ -28,10 +28,12 @@
 #include "common/log_time.h"
 #include "common/monotonic_clock.h"
 #include "common/status_macros.h"
+#include "coordinator/default_size.h"
 #include "coordinator/idle_stream_watchdog.h"
 #include "coordinator/job_binding.h"
 #include "coordinator/job_queue.h"
 #include "coordinator/leader_lease.h"
+#include "coordinator/metadata_row.h"
 #include "coordinator/output_root_lock.h"
 #include "coordinator/png_header_check.h"
 #include "coordinator/sweep_adopt.h"
@@ -87,28 +89,6 @@ int CountWords(const std::string& text) {
     in_word = !space;
   }
   return n;
-}
-
-// metadata.jsonl's "loras": the item's LoRAs with the hash each image's
-// parameters carry (A1111's "Lora hashes: "name: hash, ...""), so a row
-// names the exact files that made it.
-nlohmann::json LorasRow(const std::vector<LoraUse>& loras, const engine::GenerationParameters& params) {
-  std::map<std::string, std::string> hashes;
-  for (const auto& [key, value] : params.extra) {
-    if (key != "Lora hashes") continue;
-    for (absl::string_view entry : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
-      const size_t colon = entry.find(':');
-      if (colon == absl::string_view::npos) continue;
-      hashes[std::string(absl::StripAsciiWhitespace(entry.substr(0, colon)))] =
-          std::string(absl::StripAsciiWhitespace(entry.substr(colon + 1)));
-    }
-  }
-  nlohmann::json rows = nlohmann::json::array();
-  for (const LoraUse& l : loras) {
-    auto it = hashes.find(l.name);
-    rows.push_back({{"name", l.name}, {"scale", l.scale}, {"hash", it == hashes.end() ? "" : it->second}});
-  }
-  return rows;
 }
 
 // ------------------------------------------------------------- Redis pool --
@@ -611,6 +591,8 @@ class Coordinator::Impl {
   // (cached, or only its folder): adopts it and answers its id. NOT_FOUND
   // when the spec is not such a sweep's (Submit goes on as usual).
   grpc::Status AdoptResubmitted(const SweepSpec& spec, pb::SubmitResponse* resp);
+  // A spec that names no size gets the model's own (default_size.h); returns why.
+  std::string FillSize(SweepSpec* spec);
   grpc::Status Get(grpc::ServerContext* ctx, const std::string& ref, grpc::ServerWriter<pb::FileChunk>* writer);
 
   // ---- worker calls
@@ -1290,6 +1272,10 @@ grpc::Status Coordinator::Impl::Submit(const pb::SubmitRequest& req, const std::
   }
   auto spec = SweepSpec::FromJson(json, opt_.limits, std::random_device{}());
   if (!spec.ok()) return ToGrpc(spec.status());
+  if (spec->size_from_model) {
+    resp->set_size_note(FillSize(&*spec));
+    if (absl::Status valid = Validate(*spec, opt_.limits); !valid.ok()) return ToGrpc(valid);
+  }
   if (req.request_id().size() > 200) return {grpc::StatusCode::INVALID_ARGUMENT, "request_id is over 200 bytes"};
   SweepExpander expander(*spec, opt_.job_size);
   resp->set_images(expander.num_items());
@@ -2014,28 +2000,15 @@ absl::Status Coordinator::Impl::HandleImage(Sweep& s, const std::string& worker,
   if (!s.output) return absl::FailedPreconditionError("sweep " + s.name + " has no open output");
   if (s.output->IsRecorded(file_name)) return absl::OkStatus();  // recorded meanwhile by another delivery
   RETURN_IF_ERROR(s.output->WriteImage(file_name, image.png()));
-  nlohmann::json row = {{"prompt", item.prompt},
-                        {"negative_prompt", item.negative_prompt},
-                        {"seed", s.seeds_as_strings ? nlohmann::json(std::to_string(item.seed))
-                                                    : nlohmann::json(item.seed)},
-                        {"guidance_scale", item.guidance_scale},
-                        {"steps", item.steps},
-                        {"sampler", item.sampler},
-                        {"width", item.width},
-                        {"height", item.height},
-                        {"model", s.model},
-                        {"model_hash", params->model_hash},
-                        {"vae", params->vae},
-                        {"vae_hash", params->vae_hash},
-                        {"loras", LorasRow(item.loras, *params)},
-                        {"sweep_id", s.id},
-                        {"sweep", s.name},
-                        {"item_index", item.index},
-                        {"job_index", job_index},
-                        {"worker", worker},
-                        {"render_seconds", image.render_seconds()},
-                        {"prompt_tokens_dropped", image.dropped_tokens()},
-                        {"parameters", parameters}};
+  RowContext row_ctx{.sweep_id = s.id, .sweep_name = s.name, .model = s.model, .job_index = job_index,
+                     .worker = worker, .seeds_as_strings = s.seeds_as_strings,
+                     .render_seconds = image.render_seconds(), .prompt_tokens_dropped = image.dropped_tokens(),
+                     .parameters = parameters};
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto w = workers_.find(worker); w != workers_.end()) row_ctx.sdxl = w->second.info.sdxl();
+  }
+  const nlohmann::json row = MetadataRow(s.spec, item, *params, row_ctx);
   ASSIGN_OR_RETURN(bool added, s.output->RecordImage(file_name, row));
   {
     absl::MutexLock lock(&mu_);
@@ -2428,6 +2401,24 @@ void Coordinator::Impl::AdoptOrphanFolders(RedisClient* redis) {
                        s.status().ToString()));
     }
   }
+}
+
+std::string Coordinator::Impl::FillSize(SweepSpec* spec) {
+  std::optional<SweepSpec> earlier;
+  if (std::shared_ptr<Sweep> cached = Find(spec->name); cached && cached->name == spec->name) {
+    earlier = cached->spec;
+  } else if (auto folder = ReadSweepFolder(opt_.output_root, spec->name, opt_.limits); folder.ok()) {
+    earlier = folder->spec;
+  }
+  std::vector<Size> native;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    for (const auto& [id, w] : workers_) {
+      if (Live(w, now) && w.info.model() == spec->model) native.push_back({w.info.native_width(), w.info.native_height()});
+    }
+  }
+  return FillDefaultSize(spec, earlier ? &*earlier : nullptr, native);
 }
 
 grpc::Status Coordinator::Impl::AdoptResubmitted(const SweepSpec& spec, pb::SubmitResponse* resp) {

@@ -587,6 +587,7 @@ absl::StatusOr<SweepSpec> FromJsonImpl(const Json& json, const SweepLimits& limi
     ASSIGN_OR_RETURN(int h, ReadInt(ctx, "height", json.at("height")));
     spec.sizes = {Size{w, h}};
   }
+  spec.size_from_model = sizes == nullptr && !has_wh;
 
   if (json.contains("images_per_combination")) {
     ASSIGN_OR_RETURN(spec.images_per_combination,
@@ -1053,6 +1054,7 @@ nlohmann::json SweepSpec::ToJson() const {
               {"images_per_combination", images_per_combination},
               {"combine", combine == Combine::kZip ? "zip" : "product"},
               {"priority", priority}};
+  if (size_from_model) j.erase("sizes");  // the coordinator picks the model's own size
   if (loras != std::vector<std::vector<LoraUse>>{{}}) {
     Json sets = Json::array();
     for (const auto& set : loras) {

@@ -26,8 +26,11 @@
 //   guidance_scales: [5, 7.5]      # default 7.5; each in [0, 100]
 //   steps: 30                      # default 30; each in [1, max_steps]
 //   samplers: [euler_a, dpmpp_2m]  # default euler_a; pndm ddim euler euler_a lms dpmpp_2m dpmpp_2m_karras ddpm
-//   sizes: [512x512, 768x512]      # default 512x512; "WxH", or N for NxN, or {width: W, height: H};
-//                                  # `width: W` + `height: H` is a single size. Sides: multiples of 8 in [64, max_side]
+//   sizes: [512x512, 768x512]      # "WxH", or N for NxN, or {width: W, height: H}; `width: W` + `height: H`
+//                                  # is a single size. Sides: multiples of 8 in [64, max_side]. Default: the
+//                                  # model's own size (diffusers' default: 1024x1024 for SDXL base, 512x512
+//                                  # for SD 1.5), which the coordinator fills in at Submit from what its
+//                                  # workers report (coordinator/default_size.h); 512x512 where unknown
 //   images_per_combination: 2      # default 1: seed s renders seeds s, s+1, ..., s+N-1
 //   combine: product               # product (default) or zip: lists advance together, length-1 lists broadcast
 //   priority: 1                    # 1..100, weight for the fair share between sweeps
@@ -114,6 +117,11 @@ struct SweepSpec {
   std::vector<int> steps = {30};
   std::vector<std::string> samplers = {"euler_a"};
   std::vector<Size> sizes = {Size{512, 512}};
+  // The spec names no size: render at the model's own size. `sizes` holds
+  // the 512x512 stand-in until the coordinator fills in the size
+  // (FillDefaultSize, default_size.h); ToJson leaves "sizes" out meanwhile,
+  // so the spec travels as "no size". Every stored sweep has it false.
+  bool size_from_model = false;
   // Each seed s of a combination yields this many images, with seeds
   // s, s+1, ..., s+images_per_combination-1 (as sdfarm-render's
   // --images-per-prompt does), so every image stays reproducible on its own.
@@ -134,7 +142,7 @@ struct SweepSpec {
   Crop negative_crop_top_left;
   std::vector<double> guidance_rescales = {0};
 
-  // Canonical JSON: plural field names, concrete seeds, sizes as "WxH",
+  // Canonical JSON: plural field names, concrete seeds, sizes as "WxH" (none while size_from_model),
   // LoRAs as "name:scale"; loras, vae, prompt_chunking and the SDXL fields only when set (so a spec without
   // them reads exactly as before they existed).
   // FromJson(ToJson()) gives back an equal spec.

@@ -140,7 +140,9 @@ TEST(SweepFlags, UnsetFlagsKeepTheSpecDefaults) {
   EXPECT_THAT(spec->guidance_scales, ElementsAre(7.5));
   EXPECT_THAT(spec->steps, ElementsAre(30));
   EXPECT_THAT(spec->samplers, ElementsAre("euler_a"));
-  EXPECT_THAT(spec->sizes, ElementsAre(Size{512, 512}));
+  EXPECT_THAT(spec->sizes, ElementsAre(Size{512, 512}));  // a stand-in: no size named
+  EXPECT_TRUE(spec->size_from_model);                     // the coordinator takes the model's own
+  EXPECT_FALSE(spec->ToJson().contains("sizes"));
   EXPECT_EQ(spec->images_per_combination, 1);
   EXPECT_EQ(spec->priority, 1);
 }

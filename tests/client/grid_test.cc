@@ -311,6 +311,44 @@ TEST_F(GridTest, AxesCanBeAnyParameterAndAliases) {
   EXPECT_THAT(text["Title"], Not(HasSubstr("euler_a")));
 }
 
+// SDXL rows: original_size ("WxH") and crop_top_left ("TOP,LEFT") strings as
+// axes, in numeric order of their numbers, not as text ("1024x1024" < "512x512").
+TEST_F(GridTest, SdxlSizeStringsAreAxesInNumericOrder) {
+  const std::vector<std::string> sizes = {"1024x1024", "512x512", "768x768", "2048x1024"};
+  const std::vector<std::string> crops = {"64,0", "0,0", "128,64"};
+  std::map<std::pair<std::string, std::string>, Rgb> colour;
+  int n = 0;
+  for (const std::string& size : sizes) {
+    for (const std::string& crop : crops) {
+      auto row = Row(absl::StrCat("xl", n, ".png"), 42, 7.5);
+      row["original_size"] = size;
+      row["crop_top_left"] = crop;
+      const Rgb c{static_cast<uint8_t>(20 + 15 * n), 90, static_cast<uint8_t>(200 - 10 * n)};
+      colour[{size, crop}] = c;
+      AddSolid(row, 16, 16, c);
+      ++n;
+    }
+  }
+  WriteManifest();
+  GridOptions opts;
+  opts.rows = "original_size";
+  opts.cols = "crop_top_left";
+  absl::StatusOr<GridSummary> g = MakeGrid(dir_.string(), opts);
+  ASSERT_TRUE(g.ok()) << g.status();
+  ASSERT_EQ(g->files.size(), 1u);
+  auto text = SheetText(g->files[0]);
+  EXPECT_EQ(text["Rows"],
+            "original_size 512x512\noriginal_size 768x768\noriginal_size 1024x1024\noriginal_size 2048x1024");
+  EXPECT_EQ(text["Columns"], "crop_top_left 0,0\ncrop_top_left 64,0\ncrop_top_left 128,64");
+  engine::Image sheet = ReadSheet(g->files[0]);
+  const Box small = Find(sheet, colour[{"512x512", "0,0"}]);
+  const Box large = Find(sheet, colour[{"1024x1024", "128,64"}]);
+  ASSERT_EQ(small.count, 16 * 16);
+  ASSERT_EQ(large.count, 16 * 16);
+  EXPECT_LT(small.y1, large.y0);
+  EXPECT_LT(small.x1, large.x0);
+}
+
 TEST_F(GridTest, OneSheetPerPromptTitledWithIt) {
   // Two prompts x 2 seeds x 2 cfgs: two sheets, sorted by prompt.
   std::map<std::string, Rgb> prompt_colour = {{"b fox", {250, 10, 10}}, {"a cat", {10, 10, 250}}};

@@ -10,18 +10,11 @@
 
 namespace sdfarm::engine {
 
-std::array<double, 6> SdxlTimeIds(const MicroConditioning& m, int width, int height) {
-  return {static_cast<double>(m.original_height > 0 ? m.original_height : height),
-          static_cast<double>(m.original_width > 0 ? m.original_width : width),
-          static_cast<double>(m.crop_top),
-          static_cast<double>(m.crop_left),
-          static_cast<double>(m.target_height > 0 ? m.target_height : height),
-          static_cast<double>(m.target_width > 0 ? m.target_width : width)};
-}
-
-bool HasNegativeMicroConditioning(const RenderItem& item) {
-  const MicroConditioning& n = item.negative_micro;
-  return n.original_width > 0 && n.original_height > 0 && n.target_width > 0 && n.target_height > 0;
+std::array<double, 6> SdxlTimeIds(const MicroConditioning& micro, int width, int height) {
+  const MicroConditioning m = EffectiveMicro(micro, width, height);
+  return {static_cast<double>(m.original_height), static_cast<double>(m.original_width),
+          static_cast<double>(m.crop_top),        static_cast<double>(m.crop_left),
+          static_cast<double>(m.target_height),   static_cast<double>(m.target_width)};
 }
 
 TextConditioning EncodeTextSdxl(const StableDiffusionModel& m, const RenderRequest& r, int width, int height,
@@ -51,7 +44,8 @@ TextConditioning EncodeTextSdxl(const StableDiffusionModel& m, const RenderReque
   out.dropped_tokens.resize(batch);
   for (int64_t i = 0; i < batch; ++i) {
     const RenderItem& it = r.items[i];
-    const int64_t c = row(it.prompt, it.prompt_2.empty() ? it.prompt : it.prompt_2);
+    const EffectiveSdxl e = EffectiveSdxlSettings(it, width, height);  // prompt_2 defaults as diffusers'
+    const int64_t c = row(it.prompt, e.prompt_2);
     cond_rows.push_back(c);
     out.dropped_tokens[i] = dropped_of[c];
     if (!out.cfg) continue;
@@ -59,8 +53,7 @@ TextConditioning EncodeTextSdxl(const StableDiffusionModel& m, const RenderReque
     if (none && m.force_zeros_for_empty_prompt) {
       uncond_rows.push_back(kZeros);
     } else {
-      uncond_rows.push_back(
-          row(it.negative_prompt, it.negative_prompt_2.empty() ? it.negative_prompt : it.negative_prompt_2));
+      uncond_rows.push_back(row(it.negative_prompt, e.negative_prompt_2));
     }
   }
 

@@ -27,6 +27,7 @@
 
 #include "worker/engine/engine.h"
 #include "worker/engine/model_loader.h"
+#include "worker/engine/sdxl_defaults.h"
 #include "worker/engine/text_conditioning.h"
 
 namespace sdfarm::engine {
@@ -38,10 +39,9 @@ TextConditioning EncodeTextSdxl(const StableDiffusionModel& m, const RenderReque
                                 const at::Device& device);
 
 // The 6 values of add_time_ids for one image: (original h, w, crop top,
-// left, target h, w), zero sizes replaced by the render size.
+// left, target h, w), zero sizes replaced by the render size
+// (EffectiveMicro, sdxl_defaults.h).
 std::array<double, 6> SdxlTimeIds(const MicroConditioning& micro, int width, int height);
-// Whether the negative_* micro-conditioning applies (both sizes given).
-bool HasNegativeMicroConditioning(const RenderItem& item);
 
 }  // namespace sdfarm::engine
 

@@ -420,6 +420,9 @@ absl::StatusOr<FarmWorker::Registration> FarmWorker::RegisterOnce(const std::str
   wi->set_model_hash(info.hash);
   wi->set_batch_size(options_.batch_size);
   wi->set_version(SDFARM_VERSION);
+  wi->set_native_width(info.default_width);
+  wi->set_native_height(info.default_height);
+  wi->set_sdxl(info.sdxl);
   req.set_worker_id(worker_id);
   req.set_session(session);
   grpc::ClientContext ctx;
