@@ -14,9 +14,11 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/redis_client.h"
 #include "queue/job_queue.h"
@@ -647,6 +649,28 @@ TEST_P(JobQueueConformance, DepthIsPerModel) {
   EXPECT_EQ(Depth("sdxl").pending, 1);
   EXPECT_EQ(Depth("none").length, 0);
   EXPECT_FALSE(ClaimNew("w1", "sdxl").has_value());  // one model's worker sees only its stream
+}
+
+TEST_P(JobQueueConformance, ConcurrentClaimsHandEachJobToOneWorker) {
+  constexpr int kJobs = 40;
+  EnqueueJobs(s1_, 0, kJobs);
+  absl::Mutex mu;
+  std::vector<std::string> claimed;
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      while (true) {
+        auto d = q().ClaimNew("sd15", absl::StrCat("w", w));
+        if (!d.ok() || !d->has_value()) return;
+        absl::MutexLock lock(&mu);
+        claimed.push_back((*d)->stream_id);
+      }
+    });
+  }
+  for (std::thread& t : workers) t.join();
+  EXPECT_EQ(claimed.size(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(std::set<std::string>(claimed.begin(), claimed.end()).size(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(Depth().pending, kJobs);
 }
 
 INSTANTIATE_TEST_SUITE_P(BothImplementations, JobQueueConformance, ::testing::Values("redis", "memory"),
