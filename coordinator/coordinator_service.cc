@@ -2413,9 +2413,8 @@ std::string Coordinator::Impl::FillSize(SweepSpec* spec) {
   std::vector<Size> native;
   {
     absl::MutexLock lock(&mu_);
-    const absl::Time now = absl::Now();
     for (const auto& [id, w] : workers_) {
-      if (Live(w, now) && w.info.model() == spec->model) native.push_back({w.info.native_width(), w.info.native_height()});
+      if (Live(w) && w.info.model() == spec->model) native.push_back({w.info.native_width(), w.info.native_height()});
     }
   }
   return FillDefaultSize(spec, earlier ? &*earlier : nullptr, native);
