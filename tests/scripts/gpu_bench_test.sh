@@ -26,6 +26,25 @@ assert d["sdfarm_best"]["batch"] in (1, 2), d
 PY
 grep -q "weights are random" "$work/err.txt" || fail "the model was not made by sdfarm-mkmodel: $(cat "$work/err.txt")"
 
+# SDXL (GPU_BENCH_MODEL=sdxl): an SDXL model made by sdfarm-mkmodel (two text
+# encoders, two tokenizers), benchmarked; the diffusers side says why it is not there.
+GPU_BENCH_MODEL=sdxl GPU_BENCH_DEVICE=cpu GPU_BENCH_SKIP_BUILD=1 BUILD_DIR="$build" GPU_BENCH_WORK="$work/x" \
+  GPU_BENCH_CONFIG="$shared/models/tiny-sdxl" SDFARM_SHARED_DIR="$shared" GPU_BENCH_SIZE=64 GPU_BENCH_STEPS=2 \
+  GPU_BENCH_BATCHES=1 OMP_NUM_THREADS=1 bash "$repo/scripts/gpu-bench" >"$work/xl.json" 2>"$work/xl-err.txt" ||
+  fail "gpu-bench sdxl (cpu smoke run) failed: $(cat "$work/xl-err.txt")"
+[ -f "$work/x/model-tiny-sdxl/text_encoder_2/config.json" ] && [ -d "$work/x/model-tiny-sdxl/tokenizer_2" ] ||
+  fail "no SDXL model was made: $(ls -R "$work/x" | head -30)"
+python3 - "$work/xl.json" <<'PY' || fail "bad SDXL JSON: $(cat "$work/xl.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["model"] == "sdxl" and d["width"] == 64 and [r["batch"] for r in d["sdfarm"]] == [1], d
+assert d["sdfarm"][0]["images_per_second"] > 0, d
+assert "StableDiffusionXLPipeline" in d["diffusers_unavailable"], d
+PY
+rc=0
+GPU_BENCH_MODEL=sd3 GPU_BENCH_DEVICE=cpu bash "$repo/scripts/gpu-bench" >"$work/out3" 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "sd15, sd21 or sdxl" "$work/out3" || fail "an unknown model should exit 2 naming the choices: $rc $(cat "$work/out3")"
+
 if ! command -v nvidia-smi >/dev/null; then
   rc=0
   GPU_BENCH_SKIP_BUILD=1 BUILD_DIR="$build" SDFARM_SHARED_DIR="$shared" bash "$repo/scripts/gpu-bench" \
